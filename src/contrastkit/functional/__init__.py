@@ -1,0 +1,20 @@
+"""Pure tensor math for contrastive losses: no nn.Module, no I/O."""
+
+from contrastkit.functional.contrast import (
+    MULTI_POSITIVE_MODES,
+    REDUCTIONS,
+    compute_dtype,
+    multi_positive_cross_entropy,
+    reduce_anchor_losses,
+)
+from contrastkit.functional.similarity import cosine_logits, scaled_logits
+
+__all__ = [
+    "MULTI_POSITIVE_MODES",
+    "REDUCTIONS",
+    "compute_dtype",
+    "cosine_logits",
+    "multi_positive_cross_entropy",
+    "reduce_anchor_losses",
+    "scaled_logits",
+]

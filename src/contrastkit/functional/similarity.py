@@ -1,0 +1,26 @@
+"""Similarity matrices in the loss compute dtype (fp32 for half inputs, fp64 stays fp64)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from contrastkit.functional.contrast import compute_dtype
+
+
+def scaled_logits(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: float | torch.Tensor,
+    bias: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """l = scale * x y^T (+ bias).  x: (B, D), y: (M, D) -> (B, M) in the compute dtype."""
+    dtype = compute_dtype(x, y)
+    logits = scale * (x.to(dtype) @ y.to(dtype).T)
+    return logits if bias is None else logits + bias
+
+
+def cosine_logits(x: torch.Tensor, y: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """l = scale * cos(x_i, y_j).  x: (B, D), y: (M, D) -> (B, M); zero rows give cosine 0."""
+    dtype = compute_dtype(x, y)
+    return scale * (F.normalize(x.to(dtype), dim=-1) @ F.normalize(y.to(dtype), dim=-1).T)

@@ -1,0 +1,37 @@
+"""Contrastive losses: one module per family, a function each, modules where state is held.
+
+Embeddings are used as given (normalise them first) except where a loss is defined on cosine
+similarity (nt_xent, dcl, mnrl, cosine_alignment). A ``scale`` is multiplicative
+(logits = scale * x y^T); a ``temperature`` divides.
+"""
+
+from contrastkit.losses.alignment import cosine_alignment
+from contrastkit.losses.clip import CLIPLoss, clip_loss
+from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
+from contrastkit.losses.ranking import rank_n_contrast
+from contrastkit.losses.registry import LOSSES, get_loss
+from contrastkit.losses.retrieval import margin_mse, mnrl
+from contrastkit.losses.scale import LogitScale, mark_no_weight_decay
+from contrastkit.losses.selfsup import dcl, nt_xent
+from contrastkit.losses.sigmoid import SigLIPLoss, siglip_loss
+from contrastkit.losses.supervised import supcon
+
+__all__ = [
+    "CLIPLoss",
+    "LOSSES",
+    "LogitScale",
+    "SigLIPLoss",
+    "clip_loss",
+    "cosine_alignment",
+    "dcl",
+    "get_loss",
+    "hard_negative_info_nce",
+    "info_nce",
+    "margin_mse",
+    "mark_no_weight_decay",
+    "mnrl",
+    "nt_xent",
+    "rank_n_contrast",
+    "siglip_loss",
+    "supcon",
+]

@@ -1,0 +1,26 @@
+"""Positives-only alignment terms (auxiliary: used alone they allow collapse)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from contrastkit.errors import check_embeddings, check_same_device
+from contrastkit.functional import compute_dtype
+
+
+def cosine_alignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance of matched pairs: L = (1/B) sum_i (1 - cos(x_i, y_i)).
+
+    No negatives: use it as an auxiliary term beside a contrastive loss (GatedCLIP uses 0.01x).
+
+    Args:
+        x, y: (B, D) paired embeddings (normalised inside; a zero row has cosine 0).
+    """
+    fn = "cosine_alignment"
+    x = check_embeddings(fn, "x", x)
+    y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
+    check_same_device(fn, x=x, y=y)
+    dtype = compute_dtype(x, y)
+    cos = (F.normalize(x.to(dtype), dim=1) * F.normalize(y.to(dtype), dim=1)).sum(dim=1)
+    return (1 - cos).mean()

@@ -1,0 +1,202 @@
+"""InfoNCE (one direction) and its hard-negative reweighted form (HCL)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from contrastkit.errors import (
+    InputError,
+    check_choice,
+    check_embeddings,
+    check_mask,
+    check_range,
+    check_same_device,
+    check_scale,
+)
+from contrastkit.functional import (
+    MULTI_POSITIVE_MODES,
+    compute_dtype,
+    multi_positive_cross_entropy,
+    reduce_anchor_losses,
+    scaled_logits,
+)
+
+
+def info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float | torch.Tensor,
+    *,
+    positive_mask: torch.Tensor | None = None,
+    extra_negatives: torch.Tensor | None = None,
+    reduction: str = "mean",
+    ignore_mask: torch.Tensor | None = None,
+    multi_positive: str = "mean",
+) -> torch.Tensor:
+    """One-directional InfoNCE: each query scores its positives against all candidates.
+
+    l_ij = scale * <q_i, c_j> over the candidates c = [k ; extra_negatives], and
+    L_i = -log( sum_{p in P_i} exp l_ip / sum_{j in A_i} exp l_ij )  for one positive; with
+    several positives ``multi_positive`` chooses ``"mean"`` (soft-target CE, the default),
+    ``"lse"`` or ``"exclusive"`` (see ``functional.multi_positive_cross_entropy``).
+
+    Args:
+        q: (B, D) queries, used as given (normalise them first for cosine logits).
+        k: (M, D) keys.
+        scale: multiplicative logit scale s >= 0 (temperature tau = 1/s); float or 0-d tensor.
+        positive_mask: (B, M) bool; default the diagonal (needs M >= B).
+        extra_negatives: (K, D) negatives shared by every query, or (B, K, D) per query;
+            they add K columns that are never positives.
+        reduction: ``"mean"`` over queries with a positive, ``"sum"``, or ``"none"`` -> (B,)
+            with NaN at queries without a positive.
+        ignore_mask: (B, M) bool; True removes key j from query i's candidates.
+        multi_positive: ``"mean"`` | ``"lse"`` | ``"exclusive"``.
+
+    Returns:
+        The loss (0-d, or (B,) for ``reduction="none"``), in float32 (float64 for float64 input).
+
+    Raises:
+        InputError: bad shapes, NaN/inf, empty batch, negative scale, bad mask.
+        NoPositivePairsError: no query has a positive.
+
+    Example:
+        >>> q, k = torch.nn.functional.normalize(torch.randn(8, 32), dim=1).chunk(2)
+        >>> loss = info_nce(q, k, scale=1 / 0.07)
+
+    Reference: van den Oord et al. 2018, arXiv 1807.03748.
+    """
+    fn = "info_nce"
+    q = check_embeddings(fn, "q", q)
+    k = check_embeddings(fn, "k", k, dim=q.shape[1], like="q")
+    scale = check_scale(fn, "scale", scale)
+    check_choice(fn, "multi_positive", multi_positive, MULTI_POSITIVE_MODES)
+    check_same_device(fn, q=q, k=k, extra_negatives=extra_negatives)
+    batch, n_keys = q.shape[0], k.shape[0]
+    if positive_mask is None and n_keys < batch:
+        raise InputError(
+            f"{fn}: the default positives are the diagonal, which needs at least as many keys as "
+            f"queries; got {batch} queries and {n_keys} keys. Pass positive_mask=(B, M)."
+        )
+    if positive_mask is not None:
+        positive_mask = check_mask(fn, "positive_mask", positive_mask, (batch, n_keys))
+    if ignore_mask is not None:
+        ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (batch, n_keys))
+
+    logits = scaled_logits(q, k, scale)
+    if extra_negatives is not None:
+        extra_negatives = check_embeddings(
+            fn, "extra_negatives", extra_negatives, shape="(K, D) or (B, K, D)",
+            ndims=(2, 3), dim=q.shape[1], like="q",
+        )
+        if extra_negatives.dim() == 3:
+            if extra_negatives.shape[0] != batch:
+                raise InputError(
+                    f"{fn}: per-query 'extra_negatives' must have shape (B={batch}, K, D); got "
+                    f"{tuple(extra_negatives.shape)}."
+                )
+            dtype = compute_dtype(q, extra_negatives)
+            extra = scale * torch.einsum("bd,bkd->bk", q.to(dtype), extra_negatives.to(dtype))
+        else:
+            extra = scaled_logits(q, extra_negatives, scale)
+        logits = torch.cat([logits, extra], dim=1)
+
+    if positive_mask is None and ignore_mask is None and multi_positive == "mean":
+        targets = torch.arange(batch, device=q.device)
+        return F.cross_entropy(logits, targets, reduction=reduction)
+
+    if positive_mask is None:
+        positive_mask = torch.eye(batch, n_keys, dtype=torch.bool, device=q.device)
+    n_extra = logits.shape[1] - n_keys
+    positive_mask = F.pad(positive_mask, (0, n_extra), value=False)
+    if ignore_mask is not None:
+        ignore_mask = F.pad(ignore_mask, (0, n_extra), value=False)
+    loss, valid = multi_positive_cross_entropy(
+        logits, positive_mask, ignore_mask, mode=multi_positive
+    )
+    return reduce_anchor_losses(fn, loss, valid, reduction)
+
+
+def hard_negative_info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float | torch.Tensor,
+    *,
+    beta: float = 1.0,
+    tau_plus: float = 0.0,
+    symmetric: bool = True,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Hard-negative contrastive loss (HCL): negatives reweighted by hardness, optionally debiased.
+
+    With positive logit l+_i and N negative logits l-_ij (l = scale * <., .>):
+
+        Ng_i = max( [N sum_j e^{(1+beta) l-_ij} / sum_j e^{beta l-_ij} - tau_plus N e^{l+_i}]
+                    / (1 - tau_plus),  N e^{-scale} )
+        L_i  = -log( e^{l+_i} / (e^{l+_i} + Ng_i) )
+
+    evaluated in log space. The floor N e^{-scale} is the smallest sum of negatives for
+    unit-norm embeddings (e^{-1/t} in the paper). beta = tau_plus = 0 gives plain InfoNCE
+    (NT-Xent when ``symmetric=True``). The importance weights are not detached.
+
+    Args:
+        q, k: (B, D) the two views / modalities, paired by row, used as given (normalise them).
+        scale: multiplicative logit scale (1/t; the paper's t = 0.5 is scale 2).
+        beta: hardness concentration >= 0.
+        tau_plus: class prior of false negatives, in [0, 1).
+        symmetric: True (the paper's SimCLR setting) -> 2B anchors, each with the 2B - 2 other
+            embeddings of both sets as negatives; False -> B anchors q_i against k only (B - 1
+            negatives), the cross-modal setting.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per anchor).
+
+    Reference: Robinson et al. 2021, "Contrastive Learning with Hard Negative Samples",
+    arXiv 2010.04592.
+    """
+    fn = "hard_negative_info_nce"
+    q = check_embeddings(fn, "q", q)
+    k = check_embeddings(fn, "k", k, rows=q.shape[0], dim=q.shape[1], like="q")
+    check_same_device(fn, q=q, k=k)
+    scale = check_scale(fn, "scale", scale)
+    beta = check_range(fn, "beta", beta, 0.0, math.inf)
+    tau_plus = check_range(fn, "tau_plus", tau_plus, 0.0, 1.0, high_open=True)
+    check_choice(fn, "reduction", reduction, ("mean", "sum", "none"))
+    batch = q.shape[0]
+    if batch < 2:
+        raise InputError(f"{fn}: needs at least 2 pairs to have a negative; got a batch of {batch}.")
+
+    if symmetric:
+        z = torch.cat([q, k])
+        logits = scaled_logits(z, z, scale)
+        rows = torch.arange(2 * batch, device=q.device)
+        partner = (rows + batch) % (2 * batch)
+        negative = ~torch.eye(2 * batch, dtype=torch.bool, device=q.device)
+        negative[rows, partner] = False
+    else:
+        logits = scaled_logits(q, k, scale)
+        rows = partner = torch.arange(batch, device=q.device)
+        negative = ~torch.eye(batch, dtype=torch.bool, device=q.device)
+    positive_logit = logits[rows, partner]
+    negatives = logits[negative].view(logits.shape[0], -1)
+    n_neg = negatives.shape[1]
+
+    log_reweighted = (
+        math.log(n_neg)
+        + torch.logsumexp((1 + beta) * negatives, dim=1)
+        - torch.logsumexp(beta * negatives, dim=1)
+    )
+    top = torch.maximum(positive_logit, log_reweighted)
+    debiased = torch.exp(log_reweighted - top) - tau_plus * n_neg * torch.exp(positive_logit - top)
+    above_zero = debiased > 0
+    log_ng = torch.where(
+        above_zero,
+        top + torch.log(torch.where(above_zero, debiased, 1.0)) - math.log1p(-tau_plus),
+        float("-inf"),
+    )
+    log_floor = math.log(n_neg) - scale
+    log_ng = torch.maximum(log_ng, torch.as_tensor(log_floor, dtype=log_ng.dtype, device=q.device))
+    loss = F.softplus(log_ng - positive_logit)
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss

@@ -1,0 +1,38 @@
+"""Config names -> loss functions, so that a training config can say ``loss: clip``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from contrastkit.errors import InputError
+from contrastkit.losses.alignment import cosine_alignment
+from contrastkit.losses.clip import clip_loss
+from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
+from contrastkit.losses.ranking import rank_n_contrast
+from contrastkit.losses.retrieval import margin_mse, mnrl
+from contrastkit.losses.selfsup import dcl, nt_xent
+from contrastkit.losses.sigmoid import siglip_loss
+from contrastkit.losses.supervised import supcon
+
+LOSSES: dict[str, Callable[..., object]] = {
+    "info_nce": info_nce,
+    "clip": clip_loss,
+    "siglip": siglip_loss,
+    "nt_xent": nt_xent,
+    "dcl": dcl,
+    "supcon": supcon,
+    "hard_negative_info_nce": hard_negative_info_nce,
+    "mnrl": mnrl,
+    "margin_mse": margin_mse,
+    "rank_n_contrast": rank_n_contrast,
+    "cosine_alignment": cosine_alignment,
+}
+
+
+def get_loss(name: str) -> Callable[..., object]:
+    """The loss function registered under ``name``; an unknown name lists the known ones."""
+    try:
+        return LOSSES[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(LOSSES))
+        raise InputError(f"get_loss: unknown loss {name!r}; known losses: {known}.") from None

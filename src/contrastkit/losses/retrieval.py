@@ -1,0 +1,165 @@
+"""Retrieval losses: multiple-negatives ranking (MNRL, with GISTEmbed masking) and MarginMSE."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from contrastkit.errors import (
+    InputError,
+    check_choice,
+    check_embeddings,
+    check_finite,
+    check_range,
+    check_same_device,
+    check_scale,
+    check_tensor,
+)
+from contrastkit.functional import compute_dtype, cosine_logits
+
+
+def _negative_blocks(fn: str, name: str, negatives: torch.Tensor, batch: int, dim: int | None):
+    """(B, D) or (B, M, D) mined negatives -> (M*B, D) in block order [n_.1 | ... | n_.M]."""
+    negatives = check_embeddings(
+        fn, name, negatives, shape="(B, D) or (B, M, D)", ndims=(2, 3), rows=batch, dim=dim
+    )
+    if negatives.dim() == 2:
+        return negatives
+    return negatives.transpose(0, 1).reshape(-1, negatives.shape[-1])
+
+
+def mnrl(
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+    *,
+    scale: float | torch.Tensor = 20.0,
+    guide: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+    margin: float = 0.0,
+    margin_strategy: str = "absolute",
+) -> torch.Tensor:
+    """Multiple-negatives ranking loss with optional mined negatives and GISTEmbed masking.
+
+    Each anchor a_i scores the columns [p_1..p_B | n_{.,1} | ... | n_{.,M}] (every positive of
+    the batch, then one block per mined-negative slot, as sentence-transformers lays them out)
+    with l_ij = scale * cos(a_i, c_j), and L = mean_i CE(l_i, i).
+
+    With ``guide = (g_a, g_p, g_n)`` (a frozen guide model's embeddings of the same texts),
+    the GISTEmbed loss adds the anchor-anchor and positive-positive blocks and removes every
+    candidate the guide rates at least as close as the true pair:
+
+        masked where g_ij > g_ii - m            (``margin_strategy="absolute"``)
+                  or g_ij > g_ii - |g_ii| m     (``"relative"``)
+
+    never masking the true positive; self-similarities in the a-a and p-p blocks are always
+    masked.
+
+    Args:
+        anchors: (B, D) query embeddings.
+        positives: (B, D) their positives.
+        negatives: (B, D) or (B, M, D) mined hard negatives of each anchor; every anchor sees all.
+        scale: multiplicative scale on cosine similarities (20 as in sentence-transformers;
+            GISTEmbed's temperature 0.01 is scale 100).
+        guide: (g_a (B, G), g_p (B, G), g_n (B, G) / (B, M, G) or None) guide embeddings.
+        margin: m >= 0.
+        margin_strategy: ``"absolute"`` or ``"relative"``.
+
+    References: Henderson et al. 2017, arXiv 1705.00652; Solatorio 2024, "GISTEmbed",
+    arXiv 2402.16829.
+    """
+    fn = "mnrl"
+    anchors = check_embeddings(fn, "anchors", anchors)
+    batch, dim = anchors.shape
+    positives = check_embeddings(fn, "positives", positives, rows=batch, dim=dim, like="anchors")
+    check_same_device(fn, anchors=anchors, positives=positives, negatives=negatives)
+    scale = check_scale(fn, "scale", scale)
+    check_choice(fn, "margin_strategy", margin_strategy, ("absolute", "relative"))
+    margin = check_range(fn, "margin", margin, 0.0, math.inf)
+
+    candidates = positives
+    if negatives is not None:
+        candidates = torch.cat([positives, _negative_blocks(fn, "negatives", negatives, batch, dim)])
+    logits = cosine_logits(anchors, candidates, scale)
+    targets = torch.arange(batch, device=anchors.device)
+    if guide is None:
+        return F.cross_entropy(logits, targets)
+
+    if not isinstance(guide, (tuple, list)) or len(guide) != 3:
+        raise InputError(f"{fn}: 'guide' must be a tuple (g_anchors, g_positives, g_negatives or None).")
+    g_a, g_p, g_n = guide
+    g_a = check_embeddings(fn, "guide[0]", g_a, rows=batch)
+    g_p = check_embeddings(fn, "guide[1]", g_p, rows=batch, dim=g_a.shape[1], like="guide[0]")
+    if (g_n is None) != (negatives is None):
+        raise InputError(f"{fn}: give guide negatives exactly when 'negatives' is given.")
+    g_candidates = g_p
+    if g_n is not None:
+        g_n = _negative_blocks(fn, "guide[2]", g_n, batch, g_a.shape[1])
+        if g_n.shape[0] != candidates.shape[0] - batch:
+            raise InputError(f"{fn}: guide[2] must hold as many negatives as 'negatives'.")
+        g_candidates = torch.cat([g_p, g_n])
+
+    guide_sim = cosine_logits(g_a, g_candidates)
+    guide_positive = guide_sim.diagonal()[:, None]
+    slack = margin if margin_strategy == "absolute" else guide_positive.abs() * margin
+    threshold = guide_positive - slack
+    self_pair = torch.eye(batch, dtype=torch.bool, device=anchors.device)
+    false_negative = guide_sim > threshold
+    false_negative[:, :batch] &= ~self_pair
+    anchor_anchor = cosine_logits(anchors, anchors, scale)
+    positive_positive = cosine_logits(positives, positives, scale)
+    masked = torch.cat(
+        [
+            logits.masked_fill(false_negative, float("-inf")),
+            anchor_anchor.masked_fill((cosine_logits(g_a, g_a) > threshold) | self_pair, float("-inf")),
+            positive_positive.masked_fill((cosine_logits(g_p, g_p) > threshold) | self_pair, float("-inf")),
+        ],
+        dim=1,
+    )
+    return F.cross_entropy(masked, targets)
+
+
+def margin_mse(
+    s_pos: torch.Tensor, s_neg: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor
+) -> torch.Tensor:
+    """MarginMSE: match the student's score margins to the teacher's.
+
+        L = mean [ (s_pos - s_neg) - (t_pos - t_neg) ]^2
+
+    averaged over queries and, with several negatives per query, over the negatives.
+    Student scores should be dot products of unnormalised embeddings (a cosine cannot express
+    margins above 2).
+
+    Args:
+        s_pos: (B,) student scores of (query, positive).
+        s_neg: (B,) or (B, M) student scores of (query, negative).
+        t_pos: (B,) teacher scores, same shape as s_pos.
+        t_neg: teacher scores, same shape as s_neg.
+
+    Reference: Hofstatter et al. 2020, arXiv 2010.02666.
+    """
+    fn = "margin_mse"
+    named = {"s_pos": s_pos, "s_neg": s_neg, "t_pos": t_pos, "t_neg": t_neg}
+    for name, value in named.items():
+        check_tensor(fn, name, value)
+        check_finite(fn, name, value)
+    check_same_device(fn, **named)
+    if s_pos.dim() != 1 or s_pos.shape[0] == 0:
+        raise InputError(f"{fn}: 's_pos' must have shape (B,) with B >= 1; got {tuple(s_pos.shape)}.")
+    if s_neg.dim() not in (1, 2) or s_neg.shape[0] != s_pos.shape[0] or s_neg.numel() == 0:
+        raise InputError(
+            f"{fn}: 's_neg' must have shape (B,) or (B, M) with B={s_pos.shape[0]}; got "
+            f"{tuple(s_neg.shape)}."
+        )
+    for student, teacher in (("s_pos", "t_pos"), ("s_neg", "t_neg")):
+        if named[teacher].shape != named[student].shape:
+            raise InputError(
+                f"{fn}: '{teacher}' must have the shape of '{student}' {tuple(named[student].shape)}; "
+                f"got {tuple(named[teacher].shape)}."
+            )
+    dtype = compute_dtype(*named.values())
+    s_pos, s_neg, t_pos, t_neg = (t.to(dtype) for t in named.values())
+    if s_neg.dim() == 2:
+        s_pos, t_pos = s_pos[:, None], t_pos[:, None]
+    return ((s_pos - s_neg) - (t_pos - t_neg)).pow(2).mean()

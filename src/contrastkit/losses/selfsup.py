@@ -1,0 +1,102 @@
+"""Self-supervised two-view losses: NT-Xent (SimCLR) and DCL / DCLW."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from contrastkit.errors import (
+    InputError,
+    check_embeddings,
+    check_same_device,
+    check_temperature,
+)
+from contrastkit.functional import compute_dtype
+
+
+def _unit_views(fn: str, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate two (N, D) views and L2-normalise them in the compute dtype."""
+    z1 = check_embeddings(fn, "z1", z1)
+    z2 = check_embeddings(fn, "z2", z2, rows=z1.shape[0], dim=z1.shape[1], like="z1")
+    check_same_device(fn, z1=z1, z2=z2)
+    dtype = compute_dtype(z1, z2)
+    return F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent (SimCLR) over the 2N views, with cosine similarity.
+
+    Z = [z1; z2] normalised, l_ab = <Z_a, Z_b> / temperature, the positive of a is a +- N:
+
+        L = 1/(2N) sum_a [ LSE_{b != a} l_ab - l_{a, pos(a)} ]
+
+    Self-similarity is excluded from the denominator. Identical views give log(2N - 1) at
+    any temperature when all embeddings are equal.
+
+    Args:
+        z1, z2: (N, D) the two augmented views, paired by row (normalised inside).
+        temperature: tau > 0 (SimCLR's default here 0.5; lightly uses 0.5, the paper 0.1).
+
+    Reference: Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
+    Representations", arXiv 2002.05709.
+    """
+    fn = "nt_xent"
+    z1, z2 = _unit_views(fn, z1, z2)
+    temperature = check_temperature(fn, "temperature", temperature)
+    z = torch.cat([z1, z2])
+    n = z1.shape[0]
+    logits = (z @ z.T) / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
+    return F.cross_entropy(logits, targets)
+
+
+def dcl(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.1,
+    *,
+    weighted: bool = False,
+    sigma: float = 0.5,
+    detach_weight: bool = False,
+) -> torch.Tensor:
+    """Decoupled contrastive loss (DCL) and its weighted form DCLW, with cosine similarity.
+
+    The positive pair is removed from the denominator. For anchor z1_i:
+
+        L1_i = -w_i <z1_i, z2_i>/tau + LSE( {<z1_i, z1_j>/tau}_{j != i} u {<z1_i, z2_j>/tau}_{j != i} )
+
+    symmetrically for z2_i, and L = 1/2 (mean_i L1_i + mean_i L2_i). DCL has w_i = 1; DCLW has
+    w_i = 2 - N softmax_i(<z1_i, z2_i> / sigma), the softmax over the batch. L can be negative.
+
+    Args:
+        z1, z2: (N, D) the two views, paired by row (normalised inside), N >= 2.
+        temperature: tau > 0.
+        weighted: use the von Mises-Fisher weights of DCLW.
+        sigma: DCLW weight temperature (0.5 in the paper).
+        detach_weight: stop the gradient through w (lightly does; the paper's formula does not).
+
+    Reference: Yeh et al. 2022, "Decoupled Contrastive Learning", arXiv 2110.06848.
+    """
+    fn = "dcl"
+    z1, z2 = _unit_views(fn, z1, z2)
+    temperature = check_temperature(fn, "temperature", temperature)
+    sigma = check_temperature(fn, "sigma", sigma)
+    n = z1.shape[0]
+    if n < 2:
+        raise InputError(f"{fn}: needs at least 2 pairs so that each anchor has a negative; got N={n}.")
+    positive_cos = (z1 * z2).sum(dim=1)
+    weight = 1.0
+    if weighted:
+        weight = 2 - n * torch.softmax(positive_cos / sigma, dim=0)
+        if detach_weight:
+            weight = weight.detach()
+    self_pair = torch.eye(n, dtype=torch.bool, device=z1.device)
+
+    def one_side(anchor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        same_view = (anchor @ anchor.T / temperature).masked_fill(self_pair, float("-inf"))
+        cross_view = (anchor @ other.T / temperature).masked_fill(self_pair, float("-inf"))
+        negatives = torch.logsumexp(torch.cat([same_view, cross_view], dim=1), dim=1)
+        return (negatives - weight * positive_cos / temperature).mean()
+
+    return 0.5 * (one_side(z1, z2) + one_side(z2, z1))

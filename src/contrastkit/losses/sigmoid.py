@@ -1,0 +1,94 @@
+"""The pairwise sigmoid loss (SigLIP) and its module with a learnable scale and bias."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contrastkit.errors import (
+    check_embeddings,
+    check_labels,
+    check_same_device,
+    check_scalar,
+    check_scale,
+)
+from contrastkit.functional import scaled_logits
+from contrastkit.losses.scale import LogitScale, mark_no_weight_decay
+
+
+def siglip_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: float | torch.Tensor,
+    bias: float | torch.Tensor,
+    *,
+    sample_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sigmoid loss over every pair of the batch.
+
+        l_ij = scale * <x_i, y_j> + bias,  z_ij = +1 for positives, -1 otherwise
+        L = -(1/B) sum_ij log sigmoid(z_ij l_ij) = (1/B) [ sum_ij softplus(l_ij) - sum_pos l_ij ]
+
+    Divided by B, not B^2, as in the paper.
+
+    Args:
+        x: (B, D) embeddings of one modality, used as given.
+        y: (B, D) embeddings of the other, row i paired with x_i.
+        scale: multiplicative logit scale s >= 0 (init 10 in the paper).
+        bias: scalar logit bias (init -10 in the paper), float or 0-d tensor.
+        sample_ids: (B,) integer ids; equal ids are positives (default: the diagonal).
+
+    Returns:
+        The scalar loss, float32 (float64 for float64 input).
+
+    Reference: Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training", arXiv 2303.15343.
+    """
+    fn = "siglip_loss"
+    x = check_embeddings(fn, "x", x)
+    y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
+    check_same_device(fn, x=x, y=y)
+    scale = check_scale(fn, "scale", scale)
+    bias = check_scalar(fn, "bias", bias)
+    logits = scaled_logits(x, y, scale, bias)
+    batch = x.shape[0]
+    if sample_ids is None:
+        positive_sum = logits.diagonal().sum()
+    else:
+        sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
+        positive = sample_ids[:, None] == sample_ids[None, :]
+        positive_sum = torch.where(positive, logits, 0.0).sum()
+    return (F.softplus(logits).sum() - positive_sum) / batch
+
+
+class SigLIPLoss(nn.Module):
+    """``siglip_loss`` with a learnable scale s = exp(t) and bias b.
+
+    t starts at ln(init_scale) and is clamped in place to [0, ln max_scale] at every forward;
+    t and b carry ``no_weight_decay = True``.
+
+    Args:
+        init_scale: initial scale (10 as in SigLIP).
+        init_bias: initial bias (-10 as in SigLIP): it offsets the B^2 - B negatives so the
+            loss starts near its optimum for an untrained model.
+        max_scale: largest allowed scale.
+    """
+
+    def __init__(
+        self, init_scale: float = 10.0, init_bias: float = -10.0, max_scale: float = 100.0
+    ) -> None:
+        super().__init__()
+        self.logit_scale = LogitScale(init_scale, max_scale)
+        bias = check_scalar("SigLIPLoss", "init_bias", init_bias)
+        self.bias = mark_no_weight_decay(nn.Parameter(torch.tensor(float(bias))))
+
+    @property
+    def scale(self) -> float:
+        """The current multiplicative scale s, for logging."""
+        return self.logit_scale.value
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, *, sample_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x, y: (B, D) paired embeddings -> scalar loss."""
+        return siglip_loss(x, y, self.logit_scale(), self.bias, sample_ids=sample_ids)

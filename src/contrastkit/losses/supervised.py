@@ -1,0 +1,73 @@
+"""Supervised contrastive loss (SupCon, L_out form)."""
+
+from __future__ import annotations
+
+import torch
+
+from contrastkit.errors import (
+    InputError,
+    check_embeddings,
+    check_labels,
+    check_mask,
+    check_temperature,
+)
+from contrastkit.functional import multi_positive_cross_entropy, reduce_anchor_losses, scaled_logits
+
+
+def supcon(
+    z: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float = 0.1,
+    *,
+    base_temperature: float | None = None,
+    positive_mask: torch.Tensor | None = None,
+    ignore_mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """SupCon, L_out form, over one or several views per sample.
+
+    The V views are stacked view-major into n = V*N anchors, l_aj = <z_a, z_j>/tau, and
+
+        L_a = -(tau / tau_b) (1/|P(a)|) sum_{p in P(a)} [ l_ap - LSE_{j != a} l_aj ]
+
+    with P(a) the other anchors of a's class (other views of a's own sample included) and
+    tau_b = base_temperature. Anchors with no positive are left out of the mean; if no anchor
+    has one, ``NoPositivePairsError`` is raised (never a silent 0).
+
+    Args:
+        z: (N, D) or (N, V, D) embeddings, used as given (normalise them first).
+        labels: (N,) integer class ids, or None when ``positive_mask`` is given.
+        temperature: tau > 0.
+        base_temperature: tau_b > 0; None means tau_b = tau (no rescaling).
+        positive_mask: (N, N) bool over samples, instead of labels (e.g. tracklets, subjects);
+            other views of the same sample are always positives.
+        ignore_mask: (N, N) bool over samples; True drops sample j's views from i's candidates.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` -> (V*N,) view-major, NaN where an
+            anchor has no positive.
+
+    Reference: Khosla et al. 2020, "Supervised Contrastive Learning", arXiv 2004.11362.
+    """
+    fn = "supcon"
+    z = check_embeddings(fn, "z", z, shape="(N, D) or (N, V, D)", ndims=(2, 3))
+    temperature = check_temperature(fn, "temperature", temperature)
+    base = temperature if base_temperature is None else base_temperature
+    base = check_temperature(fn, "base_temperature", base)
+    n = z.shape[0]
+    if (labels is None) == (positive_mask is None):
+        raise InputError(f"{fn}: pass exactly one of 'labels' (N,) and 'positive_mask' (N, N).")
+    if labels is not None:
+        labels = check_labels(fn, "labels", labels, n)
+        same_class = labels[:, None] == labels[None, :]
+    else:
+        same_class = check_mask(fn, "positive_mask", positive_mask, (n, n))
+        same_class = same_class | torch.eye(n, dtype=torch.bool, device=z.device)
+    if ignore_mask is not None:
+        ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (n, n))
+
+    views = 1 if z.dim() == 2 else z.shape[1]
+    stacked = z if views == 1 else z.transpose(0, 1).reshape(views * n, z.shape[-1])
+    self_pair = torch.eye(views * n, dtype=torch.bool, device=z.device)
+    ignore = self_pair if ignore_mask is None else self_pair | ignore_mask.repeat(views, views)
+    logits = scaled_logits(stacked, stacked, 1.0 / temperature)
+    loss, valid = multi_positive_cross_entropy(logits, same_class.repeat(views, views), ignore)
+    return reduce_anchor_losses(fn, (temperature / base) * loss, valid, reduction)

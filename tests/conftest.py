@@ -1,0 +1,40 @@
+"""Shared helpers: seeded inputs and the value-and-gradient comparison against a reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+def unit_rows(n: int, d: int, *, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(n, d) random L2-normalised rows, requiring grad, from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1).requires_grad_()
+
+
+def assert_matches_reference(
+    loss_fn: Callable[..., torch.Tensor],
+    reference: Callable[..., torch.Tensor],
+    *inputs: torch.Tensor,
+    atol: float = 1e-10,
+    rtol: float = 0.0,
+) -> None:
+    """Compare the value and the gradient w.r.t. every input that requires grad."""
+    wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    got = loss_fn(*inputs)
+    want = reference(*inputs)
+    torch.testing.assert_close(got, want.to(got.dtype), atol=atol, rtol=rtol)
+    got_grads = torch.autograd.grad(got, wrt, allow_unused=True)
+    want_grads = torch.autograd.grad(want, wrt, allow_unused=True)
+    for i, (g, w) in enumerate(zip(got_grads, want_grads)):
+        assert (g is None) == (w is None), f"gradient {i}: one side has none"
+        if g is not None:
+            torch.testing.assert_close(g, w.to(g.dtype), atol=atol, rtol=rtol, msg=lambda m: f"grad {i}: {m}")
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
