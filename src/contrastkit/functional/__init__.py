@@ -3,10 +3,10 @@
 from contrastkit.functional.contrast import (
     MULTI_POSITIVE_MODES,
     REDUCTIONS,
-    compute_dtype,
     multi_positive_cross_entropy,
     reduce_anchor_losses,
 )
+from contrastkit.functional.numerics import compute_dtype, softplus
 from contrastkit.functional.similarity import cosine_logits, scaled_logits
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "multi_positive_cross_entropy",
     "reduce_anchor_losses",
     "scaled_logits",
+    "softplus",
 ]

@@ -8,21 +8,12 @@ positives P_i = P[i] & ~I[i] against the candidates A_i = ~I[i]. Anchors with no
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from contrastkit.errors import NoPositivePairsError, check_choice
+from contrastkit.functional.numerics import softplus
 
 MULTI_POSITIVE_MODES = ("mean", "lse", "exclusive")
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype logits are computed in: float64 if any input is float64, else float32.
-
-    Half-precision inputs (bf16/fp16) are upcast so that logits and log-sum-exps keep fp32
-    accuracy; the gradient flows back to the inputs in their own dtype.
-    """
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def multi_positive_cross_entropy(
@@ -84,7 +75,7 @@ def multi_positive_cross_entropy(
     neg_logits = torch.where(has_negative, logits.masked_fill(~negative, float("-inf")), 0.0)
     lse_neg = torch.logsumexp(neg_logits, dim=1, keepdim=True)
     lse_neg = torch.where(has_negative, lse_neg, float("-inf"))
-    per_pair = F.softplus(lse_neg - logits)  # = LSE({l_ip} u negatives) - l_ip
+    per_pair = softplus(lse_neg - logits)  # = LSE({l_ip} u negatives) - l_ip
     loss = torch.where(positive, per_pair, torch.zeros((), dtype=logits.dtype)).sum(1) / n_pos
     return loss, valid
 

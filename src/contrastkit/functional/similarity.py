@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from contrastkit.functional.contrast import compute_dtype
+from contrastkit.functional.numerics import compute_dtype
 
 
 def scaled_logits(

@@ -18,9 +18,9 @@ def cosine_alignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y: (B, D) paired embeddings (normalised inside; a zero row has cosine 0).
     """
     fn = "cosine_alignment"
+    check_same_device(fn, x=x, y=y)
     x = check_embeddings(fn, "x", x)
     y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
-    check_same_device(fn, x=x, y=y)
     dtype = compute_dtype(x, y)
     cos = (F.normalize(x.to(dtype), dim=1) * F.normalize(y.to(dtype), dim=1)).sum(dim=1)
     return (1 - cos).mean()

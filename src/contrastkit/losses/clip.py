@@ -57,9 +57,9 @@ def clip_loss(
     Reference: Radford et al. 2021, arXiv 2103.00020; open_clip ``ClipLoss``.
     """
     fn = "clip_loss"
+    check_same_device(fn, x=x, y=y)
     x = check_embeddings(fn, "x", x)
     y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
-    check_same_device(fn, x=x, y=y)
     scale = check_scale(fn, "scale", scale)
     label_smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     if bias is not None:

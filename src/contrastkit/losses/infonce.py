@@ -18,10 +18,12 @@ from contrastkit.errors import (
 )
 from contrastkit.functional import (
     MULTI_POSITIVE_MODES,
+    REDUCTIONS,
     compute_dtype,
     multi_positive_cross_entropy,
     reduce_anchor_losses,
     scaled_logits,
+    softplus,
 )
 
 
@@ -69,11 +71,12 @@ def info_nce(
     Reference: van den Oord et al. 2018, arXiv 1807.03748.
     """
     fn = "info_nce"
+    check_same_device(fn, q=q, k=k, extra_negatives=extra_negatives)
     q = check_embeddings(fn, "q", q)
     k = check_embeddings(fn, "k", k, dim=q.shape[1], like="q")
     scale = check_scale(fn, "scale", scale)
     check_choice(fn, "multi_positive", multi_positive, MULTI_POSITIVE_MODES)
-    check_same_device(fn, q=q, k=k, extra_negatives=extra_negatives)
+    check_choice(fn, "reduction", reduction, REDUCTIONS)
     batch, n_keys = q.shape[0], k.shape[0]
     if positive_mask is None and n_keys < batch:
         raise InputError(
@@ -155,13 +158,13 @@ def hard_negative_info_nce(
     arXiv 2010.04592.
     """
     fn = "hard_negative_info_nce"
+    check_same_device(fn, q=q, k=k)
     q = check_embeddings(fn, "q", q)
     k = check_embeddings(fn, "k", k, rows=q.shape[0], dim=q.shape[1], like="q")
-    check_same_device(fn, q=q, k=k)
     scale = check_scale(fn, "scale", scale)
     beta = check_range(fn, "beta", beta, 0.0, math.inf)
     tau_plus = check_range(fn, "tau_plus", tau_plus, 0.0, 1.0, high_open=True)
-    check_choice(fn, "reduction", reduction, ("mean", "sum", "none"))
+    check_choice(fn, "reduction", reduction, REDUCTIONS)
     batch = q.shape[0]
     if batch < 2:
         raise InputError(f"{fn}: needs at least 2 pairs to have a negative; got a batch of {batch}.")
@@ -196,7 +199,7 @@ def hard_negative_info_nce(
     )
     log_floor = math.log(n_neg) - scale
     log_ng = torch.maximum(log_ng, torch.as_tensor(log_floor, dtype=log_ng.dtype, device=q.device))
-    loss = F.softplus(log_ng - positive_logit)
+    loss = softplus(log_ng - positive_logit)
     if reduction == "mean":
         return loss.mean()
     return loss.sum() if reduction == "sum" else loss

@@ -70,10 +70,10 @@ def mnrl(
     arXiv 2402.16829.
     """
     fn = "mnrl"
+    check_same_device(fn, anchors=anchors, positives=positives, negatives=negatives)
     anchors = check_embeddings(fn, "anchors", anchors)
     batch, dim = anchors.shape
     positives = check_embeddings(fn, "positives", positives, rows=batch, dim=dim, like="anchors")
-    check_same_device(fn, anchors=anchors, positives=positives, negatives=negatives)
     scale = check_scale(fn, "scale", scale)
     check_choice(fn, "margin_strategy", margin_strategy, ("absolute", "relative"))
     margin = check_range(fn, "margin", margin, 0.0, math.inf)
@@ -141,10 +141,10 @@ def margin_mse(
     """
     fn = "margin_mse"
     named = {"s_pos": s_pos, "s_neg": s_neg, "t_pos": t_pos, "t_neg": t_neg}
+    check_same_device(fn, **named)
     for name, value in named.items():
         check_tensor(fn, name, value)
         check_finite(fn, name, value)
-    check_same_device(fn, **named)
     if s_pos.dim() != 1 or s_pos.shape[0] == 0:
         raise InputError(f"{fn}: 's_pos' must have shape (B,) with B >= 1; got {tuple(s_pos.shape)}.")
     if s_neg.dim() not in (1, 2) or s_neg.shape[0] != s_pos.shape[0] or s_neg.numel() == 0:

@@ -16,9 +16,9 @@ from contrastkit.functional import compute_dtype
 
 def _unit_views(fn: str, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate two (N, D) views and L2-normalise them in the compute dtype."""
+    check_same_device(fn, z1=z1, z2=z2)
     z1 = check_embeddings(fn, "z1", z1)
     z2 = check_embeddings(fn, "z2", z2, rows=z1.shape[0], dim=z1.shape[1], like="z1")
-    check_same_device(fn, z1=z1, z2=z2)
     dtype = compute_dtype(z1, z2)
     return F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.errors import (
@@ -13,7 +12,7 @@ from contrastkit.errors import (
     check_scalar,
     check_scale,
 )
-from contrastkit.functional import scaled_logits
+from contrastkit.functional import scaled_logits, softplus
 from contrastkit.losses.scale import LogitScale, mark_no_weight_decay
 
 
@@ -45,9 +44,9 @@ def siglip_loss(
     Reference: Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training", arXiv 2303.15343.
     """
     fn = "siglip_loss"
+    check_same_device(fn, x=x, y=y)
     x = check_embeddings(fn, "x", x)
     y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
-    check_same_device(fn, x=x, y=y)
     scale = check_scale(fn, "scale", scale)
     bias = check_scalar(fn, "bias", bias)
     logits = scaled_logits(x, y, scale, bias)
@@ -58,7 +57,7 @@ def siglip_loss(
         sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
         positive = sample_ids[:, None] == sample_ids[None, :]
         positive_sum = torch.where(positive, logits, 0.0).sum()
-    return (F.softplus(logits).sum() - positive_sum) / batch
+    return (softplus(logits).sum() - positive_sum) / batch
 
 
 class SigLIPLoss(nn.Module):
