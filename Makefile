@@ -14,7 +14,6 @@ STAMP := $(VENV)/.contrastkit-installed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH)"
 
 # Reinstall when the package metadata or the torch spec changes.

@@ -26,7 +26,7 @@ class NoPositivePairsError(InputError):
 
 
 def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return str(tuple(t.shape))
 
 
 def check_tensor(fn: str, name: str, t: object, *, floating: bool = True) -> torch.Tensor:
@@ -175,8 +175,7 @@ def check_mask(fn: str, name: str, mask: object, shape: tuple[int, ...]) -> torc
             f"Build it with a comparison, e.g. labels[:, None] == labels[None, :]."
         )
     if tuple(mask.shape) != tuple(shape):
-        expected = "(" + ", ".join(str(s) for s in shape) + ")"
-        raise InputError(f"{fn}: argument '{name}' must have shape {expected}; got {_shape(mask)}.")
+        raise InputError(f"{fn}: argument '{name}' must have shape {tuple(shape)}; got {_shape(mask)}.")
     return mask
 
 

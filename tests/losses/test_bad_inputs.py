@@ -128,6 +128,7 @@ def test_bad_scalar_arguments(call, name):
         (lambda: ck.info_nce(_x(B, D), _x(B, D), 1.0, extra_negatives=_x(2, D + 1)), "extra_negatives"),
         (lambda: ck.clip_loss(_x(B, D), _x(B, D), 1.0, sample_ids=torch.zeros(B + 1, dtype=torch.long)), "sample_ids"),
         (lambda: ck.clip_loss(_x(B, D), _x(B, D), 1.0, sample_ids=torch.zeros(B)), "sample_ids"),
+        (lambda: ck.clip_loss(_x(B, D), _x(B, D), 1.0, ignore_mask=torch.eye(B)), "ignore_mask"),
         (lambda: ck.siglip_loss(_x(B, D), _x(B, D), 1.0, 0.0, sample_ids=torch.zeros(B - 1, dtype=torch.long)), "sample_ids"),
         (lambda: ck.supcon(_x(B, D), torch.zeros(B + 1, dtype=torch.long)), "labels"),
         (lambda: ck.supcon(_x(B, D), torch.zeros(B)), "labels"),
@@ -181,6 +182,13 @@ def test_guide_must_match_negatives():
         ck.mnrl(_x(B, D), _x(B, D), guide=_x(B, 5))
     with pytest.raises(InputError, match="'guide\\[1\\]'"):
         ck.mnrl(_x(B, D), _x(B, D), guide=(_x(B, 5), _x(B, 4), None))
+
+
+def test_modules_name_their_bad_init():
+    with pytest.raises(InputError, match="SigLIPLoss: argument 'init_scale'"):
+        ck.SigLIPLoss(init_scale=200.0)
+    with pytest.raises(InputError, match="SigLIPLoss: argument 'init_bias'"):
+        ck.SigLIPLoss(init_bias=float("nan"))
 
 
 def test_mixed_devices_are_named():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from contrastkit.errors import (
     check_embeddings,
     check_labels,
+    check_mask,
     check_range,
     check_same_device,
     check_scalar,
@@ -28,6 +30,7 @@ def clip_loss(
     *,
     label_smoothing: float = 0.0,
     sample_ids: torch.Tensor | None = None,
+    ignore_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over paired embeddings, as open_clip's ``ClipLoss``.
 
@@ -46,6 +49,9 @@ def clip_loss(
         sample_ids: (B,) integer ids; rows with equal ids are positives of each other in both
             directions (several captions of one image in a batch), with a uniform target over
             the positives.
+        ignore_mask: (B, B) bool; True at (i, j) drops y_j from x_i's candidates and x_i from
+            y_j's (known duplicates, false negatives). It never removes a positive's own pair
+            from the target, and smoothing spreads over the candidates that remain.
 
     Returns:
         The scalar loss, float32 (float64 for float64 input).
@@ -72,16 +78,27 @@ def clip_loss(
         )
     logits = scaled_logits(x, y, scale, bias)
     batch = x.shape[0]
-    if sample_ids is None:
+    if sample_ids is None and ignore_mask is None:
         targets = torch.arange(batch, device=x.device)
         return 0.5 * (
             F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
             + F.cross_entropy(logits.T, targets, label_smoothing=label_smoothing)
         )
-    sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
-    positive = sample_ids[:, None] == sample_ids[None, :]
-    rows, _ = multi_positive_cross_entropy(logits, positive, label_smoothing=label_smoothing)
-    cols, _ = multi_positive_cross_entropy(logits.T, positive, label_smoothing=label_smoothing)
+    if sample_ids is None:
+        positive = torch.eye(batch, dtype=torch.bool, device=x.device)
+    else:
+        sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
+        positive = sample_ids[:, None] == sample_ids[None, :]
+    ignore_t = None
+    if ignore_mask is not None:
+        ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (batch, batch)) & ~positive
+        ignore_t = ignore_mask.T
+    rows, _ = multi_positive_cross_entropy(
+        logits, positive, ignore_mask, label_smoothing=label_smoothing
+    )
+    cols, _ = multi_positive_cross_entropy(
+        logits.T, positive.T, ignore_t, label_smoothing=label_smoothing
+    )
     return 0.5 * (rows.mean() + cols.mean())
 
 
@@ -111,7 +128,10 @@ class CLIPLoss(nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        init_temperature = check_range("CLIPLoss", "init_temperature", init_temperature, 1e-12, 1.0)
+        max_scale = check_range("CLIPLoss", "max_scale", max_scale, 1.0, math.inf, high_open=True)
+        init_temperature = check_range(
+            "CLIPLoss", "init_temperature", init_temperature, 1.0 / max_scale, 1.0
+        )
         self.logit_scale = LogitScale(1.0 / init_temperature, max_scale, learnable=learn_scale)
         self.label_smoothing = check_range("CLIPLoss", "label_smoothing", label_smoothing, 0.0, 1.0)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from contrastkit.errors import (
     check_embeddings,
     check_labels,
+    check_range,
     check_same_device,
     check_scalar,
     check_scale,
@@ -77,6 +80,8 @@ class SigLIPLoss(nn.Module):
         self, init_scale: float = 10.0, init_bias: float = -10.0, max_scale: float = 100.0
     ) -> None:
         super().__init__()
+        max_scale = check_range("SigLIPLoss", "max_scale", max_scale, 1.0, math.inf, high_open=True)
+        init_scale = check_range("SigLIPLoss", "init_scale", init_scale, 1.0, max_scale)
         self.logit_scale = LogitScale(init_scale, max_scale)
         bias = check_scalar("SigLIPLoss", "init_bias", init_bias)
         self.bias = mark_no_weight_decay(nn.Parameter(torch.tensor(float(bias))))

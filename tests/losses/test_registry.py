@@ -1,0 +1,59 @@
+"""The config registry: every name maps to the public loss; unknown names list the known ones."""
+
+from __future__ import annotations
+
+import pytest
+
+import contrastkit
+import contrastkit.losses as losses
+from contrastkit import InputError
+from contrastkit.losses import LOSSES, get_loss
+
+EXPECTED = {
+    "info_nce": contrastkit.info_nce,
+    "clip": contrastkit.clip_loss,
+    "siglip": contrastkit.siglip_loss,
+    "nt_xent": contrastkit.nt_xent,
+    "dcl": contrastkit.dcl,
+    "supcon": contrastkit.supcon,
+    "hard_negative_info_nce": contrastkit.hard_negative_info_nce,
+    "mnrl": contrastkit.mnrl,
+    "margin_mse": contrastkit.margin_mse,
+    "rank_n_contrast": contrastkit.rank_n_contrast,
+    "cosine_alignment": contrastkit.cosine_alignment,
+}
+
+
+def test_registry_names_are_exactly_the_expected_ones() -> None:
+    assert set(LOSSES) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_name_maps_to_the_public_function(name: str) -> None:
+    fn = EXPECTED[name]
+    assert LOSSES[name] is fn
+    assert get_loss(name) is fn
+    # ... and that function is exported by name from both public namespaces.
+    assert getattr(contrastkit, fn.__name__) is fn
+    assert getattr(losses, fn.__name__) is fn
+    assert fn.__name__ in contrastkit.__all__
+
+
+def test_registered_functions_are_distinct() -> None:
+    assert len({id(f) for f in LOSSES.values()}) == len(LOSSES)
+
+
+@pytest.mark.parametrize("name", ["infonce", "CLIP", "", "supcon ", "simclr"])
+def test_unknown_name_raises_listing_known_names(name: str) -> None:
+    with pytest.raises(InputError) as info:
+        get_loss(name)
+    message = str(info.value)
+    assert repr(name) in message
+    for known in LOSSES:
+        assert known in message
+
+
+@pytest.mark.parametrize("name", [None, 3, ["clip"]])
+def test_non_string_name_raises_input_error(name: object) -> None:
+    with pytest.raises(InputError, match="known losses"):
+        get_loss(name)  # type: ignore[arg-type]
