@@ -35,6 +35,23 @@ def assert_matches_reference(
             torch.testing.assert_close(g, w.to(g.dtype), atol=atol, rtol=rtol, msg=lambda m: f"grad {i}: {m}")
 
 
+def loop_lse(values: list[torch.Tensor]) -> torch.Tensor:
+    """log sum_j exp v_j over a Python list of 0-d tensors, shifted by the (constant) max."""
+    top = max(float(v.detach()) for v in values)
+    return top + torch.log(sum(torch.exp(v - top) for v in values))
+
+
+def loop_reduce(per_anchor: list[torch.Tensor | None], reduction: str) -> torch.Tensor:
+    """mean / sum over the anchors that have a value; "none" stacks with NaN for the others."""
+    kept = [v for v in per_anchor if v is not None]
+    if reduction == "mean":
+        return sum(kept) / len(kept)
+    if reduction == "sum":
+        return sum(kept)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    return torch.stack([nan if v is None else v for v in per_anchor])
+
+
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import loop_lse
 from contrastkit.errors import InputError, NoPositivePairsError
 from contrastkit.functional import multi_positive_cross_entropy, reduce_anchor_losses
 
@@ -23,10 +24,6 @@ R, C = 6, 7
 # --------------------------------------------------------------------------------------------
 
 
-def _lse(values: list[torch.Tensor]) -> torch.Tensor:
-    """log sum_j exp v_j for a Python list of 0-d tensors (max-shifted, a constant shift)."""
-    top = max(float(v.detach()) for v in values)
-    return top + torch.log(sum(torch.exp(v - top) for v in values))
 
 
 def reference_rows(
@@ -48,7 +45,7 @@ def reference_rows(
             continue
         valid.append(True)
         neg = [j for j in cand if j not in pos]
-        lse_a = _lse([logits[i, j] for j in cand])
+        lse_a = loop_lse([logits[i, j] for j in cand])
         if mode == "mean":
             # cross-entropy with the soft target w_j = (1-eps)/|P| on P + eps/|A| on A
             loss = lse_a
@@ -56,13 +53,13 @@ def reference_rows(
                 w = eps / len(cand) + ((1.0 - eps) / len(pos) if j in pos else 0.0)
                 loss = loss - w * logits[i, j]
         elif mode == "lse":
-            loss = lse_a - _lse([logits[i, p] for p in pos])
+            loss = lse_a - loop_lse([logits[i, p] for p in pos])
             if count_normalize:
                 loss = loss + math.log(len(pos))
         elif mode == "exclusive":
             loss = 0.0
             for p in pos:
-                loss = loss + _lse([logits[i, p]] + [logits[i, j] for j in neg]) - logits[i, p]
+                loss = loss + loop_lse([logits[i, p]] + [logits[i, j] for j in neg]) - logits[i, p]
             loss = loss / len(pos)
         else:  # pragma: no cover
             raise AssertionError(mode)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_matches_reference, unit_rows
+from conftest import assert_matches_reference, loop_lse, unit_rows
 from contrastkit import CLIPLoss, InputError, clip_loss
 
 B, D = 5, 4
@@ -23,9 +23,6 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sum(a[d] * b[d] for d in range(a.shape[0]))
 
 
-def _lse(values: list[torch.Tensor]) -> torch.Tensor:
-    top = max(float(v.detach()) for v in values)
-    return top + torch.log(sum(torch.exp(v - top) for v in values))
 
 
 def ref_clip(
@@ -49,7 +46,7 @@ def ref_clip(
     for i in range(n):
         pos = [j for j in range(n) if ids[j] == ids[i]]
         cand = [j for j in range(n) if not dropped[i][j]]
-        term = _lse([logit[i][j] for j in cand])
+        term = loop_lse([logit[i][j] for j in cand])
         for j in cand:
             target = eps / len(cand) + ((1 - eps) / len(pos) if j in pos else 0.0)
             term = term - target * logit[i][j]
@@ -58,7 +55,7 @@ def ref_clip(
     for j in range(n):
         pos = [i for i in range(n) if ids[i] == ids[j]]
         cand = [i for i in range(n) if not dropped[i][j]]
-        term = _lse([logit[i][j] for i in cand])
+        term = loop_lse([logit[i][j] for i in cand])
         for i in cand:
             target = eps / len(cand) + ((1 - eps) / len(pos) if i in pos else 0.0)
             term = term - target * logit[i][j]

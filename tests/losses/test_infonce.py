@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import unit_rows
+from conftest import loop_lse, loop_reduce, unit_rows
 from contrastkit import InputError, NoPositivePairsError, hard_negative_info_nce, info_nce
 
 B, D = 5, 4
@@ -28,19 +28,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sum(a[d] * b[d] for d in range(a.shape[0]))
 
 
-def _lse(values: list[torch.Tensor]) -> torch.Tensor:
-    top = max(float(v.detach()) for v in values)
-    return top + torch.log(sum(torch.exp(v - top) for v in values))
 
 
-def _reduce(per_anchor: list[torch.Tensor | None], reduction: str) -> torch.Tensor:
-    kept = [v for v in per_anchor if v is not None]
-    if reduction == "mean":
-        return sum(kept) / len(kept)
-    if reduction == "sum":
-        return sum(kept)
-    nan = torch.tensor(float("nan"), dtype=torch.float64)
-    return torch.stack([nan if v is None else v for v in per_anchor])
 
 
 def ref_info_nce(
@@ -71,15 +60,15 @@ def ref_info_nce(
         if not pos:
             per_anchor.append(None)
             continue
-        lse_all = _lse(pos + neg)
+        lse_all = loop_lse(pos + neg)
         if mode == "mean":
             loss = lse_all - sum(pos) / len(pos)
         elif mode == "lse":
-            loss = lse_all - _lse(pos)
+            loss = lse_all - loop_lse(pos)
         else:  # exclusive
-            loss = sum(_lse([p] + neg) - p for p in pos) / len(pos)
+            loss = sum(loop_lse([p] + neg) - p for p in pos) / len(pos)
         per_anchor.append(loss)
-    return _reduce(per_anchor, reduction)
+    return loop_reduce(per_anchor, reduction)
 
 
 def ref_hcl(
@@ -121,7 +110,7 @@ def ref_hcl(
             floor_log.append(use_floor)
         ng = floor if use_floor else raw
         per_anchor.append(-torch.log(torch.exp(l_pos) / (torch.exp(l_pos) + ng)))
-    return _reduce(per_anchor, reduction)
+    return loop_reduce(per_anchor, reduction)
 
 
 def ref_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -131,7 +120,7 @@ def ref_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch
     total = 0.0
     for a in range(2 * n):
         logits = {b: _dot(z[a], z[b]) / temperature for b in range(2 * n) if b != a}
-        total = total + _lse(list(logits.values())) - logits[(a + n) % (2 * n)]
+        total = total + loop_lse(list(logits.values())) - logits[(a + n) % (2 * n)]
     return total / (2 * n)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_matches_reference, unit_rows
+from conftest import assert_matches_reference, loop_lse, unit_rows
 
 from contrastkit import InputError, dcl, nt_xent
 
@@ -23,8 +23,6 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum() / (a.pow(2).sum().sqrt() * b.pow(2).sum().sqrt())
 
 
-def _lse(values: list[torch.Tensor]) -> torch.Tensor:
-    return torch.logsumexp(torch.stack(values), dim=0)
 
 
 # ---------------------------------------------------------------- references (plain loops)
@@ -38,7 +36,7 @@ def ref_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch
     for a in range(2 * n):
         pos = a + n if a < n else a - n
         others = [_cos(z[a], z[b]) / temperature for b in range(2 * n) if b != a]
-        total = total + _lse(others) - _cos(z[a], z[pos]) / temperature
+        total = total + loop_lse(others) - _cos(z[a], z[pos]) / temperature
     return total / (2 * n)
 
 
@@ -65,7 +63,7 @@ def ref_dcl(
         for i in range(n):
             negs = [_cos(anchor[i], anchor[j]) / temperature for j in range(n) if j != i]
             negs += [_cos(anchor[i], other[j]) / temperature for j in range(n) if j != i]
-            total = total + _lse(negs) - weights[i] * pos_cos[i] / temperature
+            total = total + loop_lse(negs) - weights[i] * pos_cos[i] / temperature
         return total / n
 
     return 0.5 * (side(z1, z2) + side(z2, z1))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_matches_reference, unit_rows
+from conftest import assert_matches_reference, loop_reduce, unit_rows
 
 from contrastkit import InputError, NoPositivePairsError, supcon
 
@@ -76,14 +76,7 @@ def ref_supcon_anchors(
 
 
 def ref_supcon(*args, reduction: str = "mean", **kwargs) -> torch.Tensor:
-    per_anchor = ref_supcon_anchors(*args, **kwargs)
-    valid = [x for x in per_anchor if x is not None]
-    if reduction == "mean":
-        return sum(valid) / len(valid)
-    if reduction == "sum":
-        return sum(valid)
-    nan = torch.tensor(float("nan"), dtype=torch.float64)
-    return torch.stack([nan if x is None else x for x in per_anchor])
+    return loop_reduce(ref_supcon_anchors(*args, **kwargs), reduction)
 
 
 def _hobbitlong_supcon(
