@@ -1,6 +1,7 @@
 # Two entry points, each doing all of its own set-up on a fresh machine:
 #   make demo   - create .venv if missing, install contrastkit, run the main job
 #   make test   - create .venv if missing, install contrastkit[dev], run the whole test suite
+#   make lint   - ruff (pinned in the dev extra) over src/ and tests/
 # A user with a GPU passes a CUDA build of torch: make test TORCH='torch==2.13.0+cu126'
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.contrastkit-installed
 
-.PHONY: demo test clean
+.PHONY: demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,10 @@ demo: $(STAMP)-examples
 
 test: $(STAMP)-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)-dev
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist

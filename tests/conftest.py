@@ -29,10 +29,12 @@ def assert_matches_reference(
     torch.testing.assert_close(got, want.to(got.dtype), atol=atol, rtol=rtol)
     got_grads = torch.autograd.grad(got, wrt, allow_unused=True)
     want_grads = torch.autograd.grad(want, wrt, allow_unused=True)
-    for i, (g, w) in enumerate(zip(got_grads, want_grads)):
+    for i, (g, w) in enumerate(zip(got_grads, want_grads, strict=True)):
         assert (g is None) == (w is None), f"gradient {i}: one side has none"
         if g is not None:
-            torch.testing.assert_close(g, w.to(g.dtype), atol=atol, rtol=rtol, msg=lambda m: f"grad {i}: {m}")
+            torch.testing.assert_close(
+                g, w.to(g.dtype), atol=atol, rtol=rtol, msg=lambda m, i=i: f"grad {i}: {m}"
+            )
 
 
 def loop_lse(values: list[torch.Tensor]) -> torch.Tensor:

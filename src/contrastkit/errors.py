@@ -71,8 +71,7 @@ def check_embeddings(
     t = check_tensor(fn, name, t)
     if t.dim() not in ndims:
         raise InputError(
-            f"{fn}: argument '{name}' must have shape {shape}; got a {t.dim()}-D tensor of "
-            f"shape {_shape(t)}."
+            f"{fn}: argument '{name}' must have shape {shape}; got a {t.dim()}-D tensor of shape {_shape(t)}."
         )
     if t.numel() == 0 or t.shape[0] == 0:
         raise InputError(
@@ -121,8 +120,7 @@ def check_scalar(
         scalar = number
     else:
         raise InputError(
-            f"{fn}: argument '{name}' must be a float or a one-element tensor; got "
-            f"{type(value).__name__}."
+            f"{fn}: argument '{name}' must be a float or a one-element tensor; got {type(value).__name__}."
         )
     if not math.isfinite(number) or (minimum is not None and number < minimum):
         bound = "finite" if minimum is None else f"finite and >= {minimum}"

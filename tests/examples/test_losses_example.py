@@ -21,7 +21,7 @@ def test_split_and_augment_are_seeded():
 
     a = load_digits_split(seed=3)
     b = load_digits_split(seed=3)
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
     assert len(a[1]) + len(a[3]) == 1797 and len(a[3]) == 597
     x = a[0][:5]
     v1 = augment(x, torch.Generator().manual_seed(1))
@@ -34,4 +34,6 @@ def test_nearest_neighbour_accuracy_hand_case():
 
     train = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     test = torch.tensor([[0.9, 0.1], [0.2, 0.8], [1.0, 0.2]])
-    assert nearest_neighbour_accuracy(train, torch.tensor([0, 1]), test, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+    assert nearest_neighbour_accuracy(
+        train, torch.tensor([0, 1]), test, torch.tensor([0, 1, 1])
+    ) == pytest.approx(2 / 3)

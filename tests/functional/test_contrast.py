@@ -24,8 +24,6 @@ R, C = 6, 7
 # --------------------------------------------------------------------------------------------
 
 
-
-
 def reference_rows(
     logits: torch.Tensor,
     positive: torch.Tensor,
@@ -188,7 +186,11 @@ def test_mean_mode_one_positive_equals_torch_cross_entropy_with_label_smoothing(
 def test_lse_mode(count_normalize: bool, with_ignore: bool) -> None:
     P, I = _masks()
     _check(
-        _logits(4), P, I if with_ignore else None, "lse", count_normalize=count_normalize,
+        _logits(4),
+        P,
+        I if with_ignore else None,
+        "lse",
+        count_normalize=count_normalize,
         expected_valid=EXPECTED_VALID if with_ignore else None,
     )
 
@@ -207,7 +209,10 @@ def test_lse_count_normalize_adds_log_of_positive_count() -> None:
 def test_exclusive_mode(with_ignore: bool) -> None:
     P, I = _masks()
     _check(
-        _logits(6), P, I if with_ignore else None, "exclusive",
+        _logits(6),
+        P,
+        I if with_ignore else None,
+        "exclusive",
         expected_valid=EXPECTED_VALID if with_ignore else None,
     )
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import assert_matches_reference
-
 from contrastkit import InputError, cosine_alignment
 
 

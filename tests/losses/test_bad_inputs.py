@@ -102,7 +102,10 @@ def test_not_a_tensor(pair_loss):
         (lambda: ck.dcl(_x(B, D), _x(B, D), temperature=-0.1), "temperature"),
         (lambda: ck.dcl(_x(B, D), _x(B, D), weighted=True, sigma=0.0), "sigma"),
         (lambda: ck.supcon(_x(B, D), torch.zeros(B, dtype=torch.long), -0.1), "temperature"),
-        (lambda: ck.supcon(_x(B, D), torch.zeros(B, dtype=torch.long), base_temperature=-1.0), "base_temperature"),
+        (
+            lambda: ck.supcon(_x(B, D), torch.zeros(B, dtype=torch.long), base_temperature=-1.0),
+            "base_temperature",
+        ),
         (lambda: ck.rank_n_contrast(_x(B, D), _x(B), temperature=-2.0), "temperature"),
         (lambda: ck.hard_negative_info_nce(_x(B, D), _x(B, D), 2.0, tau_plus=1.0), "tau_plus"),
         (lambda: ck.hard_negative_info_nce(_x(B, D), _x(B, D), 2.0, beta=-1.0), "beta"),
@@ -122,18 +125,40 @@ def test_bad_scalar_arguments(call, name):
     "call, name",
     [
         (lambda: ck.info_nce(_x(B, D), _x(B, D), 1.0, positive_mask=torch.ones(B, B)), "positive_mask"),
-        (lambda: ck.info_nce(_x(B, D), _x(B, D), 1.0, positive_mask=torch.ones(B, B + 1, dtype=torch.bool)), "positive_mask"),
-        (lambda: ck.info_nce(_x(B, D), _x(B, D), 1.0, ignore_mask=torch.ones(B - 1, B, dtype=torch.bool)), "ignore_mask"),
+        (
+            lambda: ck.info_nce(
+                _x(B, D), _x(B, D), 1.0, positive_mask=torch.ones(B, B + 1, dtype=torch.bool)
+            ),
+            "positive_mask",
+        ),
+        (
+            lambda: ck.info_nce(_x(B, D), _x(B, D), 1.0, ignore_mask=torch.ones(B - 1, B, dtype=torch.bool)),
+            "ignore_mask",
+        ),
         (lambda: ck.info_nce(_x(B, D), _x(B, D), 1.0, extra_negatives=_x(B + 1, 2, D)), "extra_negatives"),
         (lambda: ck.info_nce(_x(B, D), _x(B, D), 1.0, extra_negatives=_x(2, D + 1)), "extra_negatives"),
-        (lambda: ck.clip_loss(_x(B, D), _x(B, D), 1.0, sample_ids=torch.zeros(B + 1, dtype=torch.long)), "sample_ids"),
+        (
+            lambda: ck.clip_loss(_x(B, D), _x(B, D), 1.0, sample_ids=torch.zeros(B + 1, dtype=torch.long)),
+            "sample_ids",
+        ),
         (lambda: ck.clip_loss(_x(B, D), _x(B, D), 1.0, sample_ids=torch.zeros(B)), "sample_ids"),
         (lambda: ck.clip_loss(_x(B, D), _x(B, D), 1.0, ignore_mask=torch.eye(B)), "ignore_mask"),
-        (lambda: ck.siglip_loss(_x(B, D), _x(B, D), 1.0, 0.0, sample_ids=torch.zeros(B - 1, dtype=torch.long)), "sample_ids"),
+        (
+            lambda: ck.siglip_loss(
+                _x(B, D), _x(B, D), 1.0, 0.0, sample_ids=torch.zeros(B - 1, dtype=torch.long)
+            ),
+            "sample_ids",
+        ),
         (lambda: ck.supcon(_x(B, D), torch.zeros(B + 1, dtype=torch.long)), "labels"),
         (lambda: ck.supcon(_x(B, D), torch.zeros(B)), "labels"),
-        (lambda: ck.supcon(_x(B, D), None, positive_mask=torch.eye(B + 1, dtype=torch.bool)), "positive_mask"),
-        (lambda: ck.supcon(_x(B, D), torch.zeros(B, dtype=torch.long), ignore_mask=torch.eye(B)), "ignore_mask"),
+        (
+            lambda: ck.supcon(_x(B, D), None, positive_mask=torch.eye(B + 1, dtype=torch.bool)),
+            "positive_mask",
+        ),
+        (
+            lambda: ck.supcon(_x(B, D), torch.zeros(B, dtype=torch.long), ignore_mask=torch.eye(B)),
+            "ignore_mask",
+        ),
         (lambda: ck.supcon(_x(B, 2, 2, D), torch.zeros(B, dtype=torch.long)), "z"),
         (lambda: ck.mnrl(_x(B, D), _x(B, D), _x(B + 1, 2, D)), "negatives"),
         (lambda: ck.mnrl(_x(B, D), _x(B, D), _x(B, 2, D + 1)), "negatives"),

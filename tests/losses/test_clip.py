@@ -23,8 +23,6 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sum(a[d] * b[d] for d in range(a.shape[0]))
 
 
-
-
 def ref_clip(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -111,7 +109,9 @@ def test_clip_loss_label_smoothing(eps: float) -> None:
     assert_matches_reference(
         lambda a, b, c: clip_loss(a, b, c, label_smoothing=eps),
         lambda a, b, c: ref_clip(a, b, c, eps=eps),
-        x, y, s,
+        x,
+        y,
+        s,
     )
 
 
@@ -126,7 +126,9 @@ def test_clip_loss_sample_ids(eps: float) -> None:
     assert_matches_reference(
         lambda a, b, c: clip_loss(a, b, c, label_smoothing=eps, sample_ids=ids),
         lambda a, b, c: ref_clip(a, b, c, eps=eps, sample_ids=IDS),
-        x, y, s,
+        x,
+        y,
+        s,
     )
 
 
@@ -147,9 +149,7 @@ def test_clip_loss_sample_ids_uniform_target_hand_case() -> None:
     s = 3.0
     l = [[s * 0.6, s * 1.0], [s * 0.8, 0.0]]
     rows = sum(math.log(math.exp(r[0]) + math.exp(r[1])) - 0.5 * (r[0] + r[1]) for r in l)
-    cols = sum(
-        math.log(math.exp(l[0][j]) + math.exp(l[1][j])) - 0.5 * (l[0][j] + l[1][j]) for j in range(2)
-    )
+    cols = sum(math.log(math.exp(l[0][j]) + math.exp(l[1][j])) - 0.5 * (l[0][j] + l[1][j]) for j in range(2))
     want = 0.5 * (rows / 2 + cols / 2)
     got = clip_loss(x, y, s, sample_ids=torch.tensor([4, 4]))
     assert float(got.detach()) == pytest.approx(want, abs=1e-12)
@@ -168,13 +168,20 @@ def test_clip_loss_ignore_mask(eps: float, with_ids: bool) -> None:
     assert_matches_reference(
         lambda a, b, s: clip_loss(a, b, s, label_smoothing=eps, sample_ids=id_tensor, ignore_mask=ignore),
         lambda a, b, s: ref_clip(a, b, s, eps=eps, sample_ids=ids, ignore=ignore.tolist()),
-        x, y, scale,
+        x,
+        y,
+        scale,
     )
     plain = clip_loss(x, y, scale, label_smoothing=eps, sample_ids=id_tensor)
-    assert not torch.allclose(plain, clip_loss(x, y, scale, label_smoothing=eps, sample_ids=id_tensor, ignore_mask=ignore))
+    assert not torch.allclose(
+        plain, clip_loss(x, y, scale, label_smoothing=eps, sample_ids=id_tensor, ignore_mask=ignore)
+    )
     nothing = torch.zeros(B, B, dtype=torch.bool)
     torch.testing.assert_close(
-        clip_loss(x, y, scale, label_smoothing=eps, sample_ids=id_tensor, ignore_mask=nothing), plain, atol=1e-12, rtol=0
+        clip_loss(x, y, scale, label_smoothing=eps, sample_ids=id_tensor, ignore_mask=nothing),
+        plain,
+        atol=1e-12,
+        rtol=0,
     )
 
 
@@ -184,7 +191,10 @@ def test_clip_loss_equals_open_clip_formula(eps: float) -> None:
     assert_matches_reference(
         lambda a, b, c: clip_loss(a, b, c, label_smoothing=eps),
         lambda a, b, c: open_clip_formula(a, b, c, eps),
-        x, y, s, atol=1e-12,
+        x,
+        y,
+        s,
+        atol=1e-12,
     )
 
 

@@ -28,10 +28,6 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sum(a[d] * b[d] for d in range(a.shape[0]))
 
 
-
-
-
-
 def ref_info_nce(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -100,8 +96,8 @@ def ref_hcl(
         l_pos = s * _dot(anchor, cand[pos_idx])
         l_neg = [s * _dot(anchor, cand[j]) for j in neg_idx]
         n_neg = len(l_neg)
-        reweighted = n_neg * sum(torch.exp((1 + beta) * v) for v in l_neg) / sum(
-            torch.exp(beta * v) for v in l_neg
+        reweighted = (
+            n_neg * sum(torch.exp((1 + beta) * v) for v in l_neg) / sum(torch.exp(beta * v) for v in l_neg)
         )
         raw = (reweighted - tau_plus * n_neg * torch.exp(l_pos)) / (1 - tau_plus)
         floor = n_neg * torch.exp(-s)
@@ -140,10 +136,10 @@ def _compare(got: torch.Tensor, want: torch.Tensor, wrt: list[torch.Tensor], ato
         got, want = (got[fin] * w[fin]).sum(), (want[fin] * w[fin]).sum()
     got_g = torch.autograd.grad(got, wrt, allow_unused=True)
     want_g = torch.autograd.grad(want, wrt, allow_unused=True)
-    for i, (g, w_) in enumerate(zip(got_g, want_g)):
+    for i, (g, w_) in enumerate(zip(got_g, want_g, strict=True)):
         assert g is not None and w_ is not None, f"gradient {i} missing"
         assert torch.isfinite(g).all()
-        torch.testing.assert_close(g, w_, atol=atol, rtol=0, msg=lambda m: f"grad {i}: {m}")
+        torch.testing.assert_close(g, w_, atol=atol, rtol=0, msg=lambda m, i=i: f"grad {i}: {m}")
 
 
 def _scale(value: float = 4.0) -> torch.Tensor:
@@ -210,7 +206,10 @@ def test_info_nce_modes_differ_with_several_positives() -> None:
     n_k = 7
     q, k = unit_rows(B, D, seed=7), unit_rows(n_k, D, seed=8)
     pm = _multi_positive_mask(B, n_k, seed=9)
-    vals = [float(info_nce(q, k, 4.0, positive_mask=pm, multi_positive=m).detach()) for m in ("mean", "lse", "exclusive")]
+    vals = [
+        float(info_nce(q, k, 4.0, positive_mask=pm, multi_positive=m).detach())
+        for m in ("mean", "lse", "exclusive")
+    ]
     assert len({round(v, 8) for v in vals}) == 3
 
 
@@ -372,7 +371,9 @@ def test_hcl_floor_becomes_active(symmetric: bool, tau_plus: float) -> None:
     q, k = _half_aligned_pairs(seed=44)
     s = _scale(2.0)
     floor_log: list[bool] = []
-    want = ref_hcl(q, k, s, beta=1.0, tau_plus=tau_plus, symmetric=symmetric, reduction="none", floor_log=floor_log)
+    want = ref_hcl(
+        q, k, s, beta=1.0, tau_plus=tau_plus, symmetric=symmetric, reduction="none", floor_log=floor_log
+    )
     # the test is only meaningful with the floor active on some anchors and not on others
     assert any(floor_log) and not all(floor_log), floor_log
     got = hard_negative_info_nce(q, k, s, beta=1.0, tau_plus=tau_plus, symmetric=symmetric, reduction="none")

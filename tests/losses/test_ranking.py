@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import assert_matches_reference
-
 from contrastkit import InputError, rank_n_contrast
 
 
@@ -133,7 +132,9 @@ def test_rnc_views_are_view_major() -> None:
     z = _raw(5, 2, 3, seed=15, requires_grad=False)
     y = _raw(5, seed=16, requires_grad=False)
     view_major = z.transpose(0, 1).reshape(10, 3)
-    torch.testing.assert_close(rank_n_contrast(z, y), rank_n_contrast(view_major, y.repeat(2)), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        rank_n_contrast(z, y), rank_n_contrast(view_major, y.repeat(2)), atol=1e-12, rtol=0
+    )
     assert abs(rank_n_contrast(z, y).item() - rank_n_contrast(z.reshape(10, 3), y.repeat(2)).item()) > 1e-4
 
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import assert_matches_reference
-
 from contrastkit import InputError, margin_mse, mnrl
 
 
@@ -57,7 +56,7 @@ def gist_candidates(anchors, positives, negatives, guide, margin, strategy, scal
         pairs = []  # (student logit, guide score, is the true positive)
         for j in range(b):  # a-p
             pairs.append((scale * _cos(anchors[i], positives[j]), _cos(g_a[i], g_p[j]).item(), j == i))
-        for n, gn in zip(negs, g_negs):  # a-n
+        for n, gn in zip(negs, g_negs, strict=True):  # a-n
             pairs.append((scale * _cos(anchors[i], n), _cos(g_a[i], gn).item(), False))
         for j in range(b):  # a-a, self always dropped
             if j != i:
@@ -96,7 +95,9 @@ def ref_margin_mse(s_pos, s_neg, t_pos, t_neg) -> torch.Tensor:
 @pytest.mark.parametrize("scale", [20.0, 1.0, 50.0])
 def test_mnrl_without_negatives_matches_loop(scale: float) -> None:
     a, p = _raw(6, 5, seed=1), _raw(6, 5, seed=2)
-    assert_matches_reference(lambda x, y: mnrl(x, y, scale=scale), lambda x, y: ref_mnrl(x, y, None, scale), a, p)
+    assert_matches_reference(
+        lambda x, y: mnrl(x, y, scale=scale), lambda x, y: ref_mnrl(x, y, None, scale), a, p
+    )
 
 
 def test_mnrl_default_scale_is_20() -> None:
@@ -179,12 +180,19 @@ def test_gist_masking_matches_loop(strategy: str, margin: float, m: int | None) 
     total = [len(r[0]) + r[2] for r in rows]
     # Precondition: the guide drops some candidates but not all (besides the 2(B-1) self pairs
     # that are never candidates at all).
-    assert sum(dropped) > 0 and all(d < t - 1 for d, t in zip(dropped, total))
+    assert sum(dropped) > 0 and all(d < t - 1 for d, t in zip(dropped, total, strict=True))
     inputs = (a, p) if n is None else (a, p, n)
 
     def got(*x):
-        return mnrl(x[0], x[1], x[2] if n is not None else None, scale=20.0, guide=guide,
-                    margin=margin, margin_strategy=strategy)
+        return mnrl(
+            x[0],
+            x[1],
+            x[2] if n is not None else None,
+            scale=20.0,
+            guide=guide,
+            margin=margin,
+            margin_strategy=strategy,
+        )
 
     def want(*x):
         return ref_gist(x[0], x[1], x[2] if n is not None else None, guide, margin, strategy, 20.0)
@@ -229,16 +237,20 @@ def test_gist_relative_margin_uses_the_absolute_value_of_a_negative_guide_score(
     between = 0
     for i in range(0, 6, 2):
         lo, hi = g_ii[i] - g_ii[i].abs() * margin, g_ii[i] + g_ii[i].abs() * margin
-        sims = torch.cat([
-            torch.nn.functional.cosine_similarity(g_a[i][None], g_p, dim=1),
-            torch.nn.functional.cosine_similarity(g_a[i][None], g_n.reshape(-1, 3), dim=1),
-        ])
+        sims = torch.cat(
+            [
+                torch.nn.functional.cosine_similarity(g_a[i][None], g_p, dim=1),
+                torch.nn.functional.cosine_similarity(g_a[i][None], g_n.reshape(-1, 3), dim=1),
+            ]
+        )
         between += int(((sims > lo) & (sims <= hi)).sum())
     assert between > 0
     assert_matches_reference(
         lambda x, y, z: mnrl(x, y, z, guide=guide, margin=margin, margin_strategy="relative"),
         lambda x, y, z: ref_gist(x, y, z, guide, margin, "relative"),
-        a, p, n,
+        a,
+        p,
+        n,
     )
 
 
@@ -312,7 +324,9 @@ def test_gist_guide_errors() -> None:
     ],
 )
 def test_mnrl_bad_shapes_raise(shapes) -> None:
-    tensors = [None if s is None else torch.randn(*s, generator=torch.Generator().manual_seed(0)) for s in shapes]
+    tensors = [
+        None if s is None else torch.randn(*s, generator=torch.Generator().manual_seed(0)) for s in shapes
+    ]
     with pytest.raises(InputError):
         mnrl(*tensors)
 

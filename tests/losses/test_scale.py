@@ -26,7 +26,9 @@ def test_fixed_scale_is_a_buffer_in_the_state_dict():
     assert list(scale.parameters()) == [] and "log_scale" in scale.state_dict()
 
 
-@pytest.mark.parametrize("init, low, high", [(0.5, 1.0, 100.0), (200.0, 1.0, 100.0), (5.0, 0.0, 100.0), (5.0, 10.0, 1.0)])
+@pytest.mark.parametrize(
+    "init, low, high", [(0.5, 1.0, 100.0), (200.0, 1.0, 100.0), (5.0, 0.0, 100.0), (5.0, 10.0, 1.0)]
+)
 def test_bad_configuration_raises(init, low, high):
     with pytest.raises(InputError, match="LogitScale"):
         LogitScale(init, max_scale=high, min_scale=low)

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_matches_reference, loop_lse, unit_rows
-
 from contrastkit import InputError, dcl, nt_xent
 
 
@@ -21,8 +20,6 @@ def _raw(n: int, d: int, seed: int, scale: float = 1.0) -> torch.Tensor:
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum() / (a.pow(2).sum().sqrt() * b.pow(2).sum().sqrt())
-
-
 
 
 # ---------------------------------------------------------------- references (plain loops)
@@ -207,5 +204,7 @@ def test_dcl_is_invariant_to_positive_row_scaling(weighted: bool) -> None:
     z1, z2 = _raw(5, 4, seed=58), _raw(5, 4, seed=59)
     factors = torch.tensor([4.0, 0.02, 1.0, 90.0, 0.7], dtype=torch.float64)[:, None]
     base = dcl(z1, z2, 0.1, weighted=weighted)
-    torch.testing.assert_close(dcl(z1 * factors, z2 * factors.flip(0), 0.1, weighted=weighted), base, atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        dcl(z1 * factors, z2 * factors.flip(0), 0.1, weighted=weighted), base, atol=1e-12, rtol=0
+    )
     assert abs(dcl(z1, z2[[0, 2, 1, 3, 4]], 0.1, weighted=weighted).item() - base.item()) > 1e-3

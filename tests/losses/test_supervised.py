@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_matches_reference, loop_reduce, unit_rows
-
 from contrastkit import InputError, NoPositivePairsError, supcon
 
 
@@ -235,7 +234,11 @@ def test_supcon_reduction_none_multi_view_nan_per_anchor() -> None:
     got = supcon(z, labels, 0.1, ignore_mask=ignore, reduction="none")
     assert torch.isnan(got).tolist() == [False, False, True, False] * 2
     torch.testing.assert_close(
-        got, ref_supcon(z, labels, 0.1, ignore_mask=ignore, reduction="none"), atol=1e-10, rtol=0, equal_nan=True
+        got,
+        ref_supcon(z, labels, 0.1, ignore_mask=ignore, reduction="none"),
+        atol=1e-10,
+        rtol=0,
+        equal_nan=True,
     )
 
 

@@ -107,13 +107,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     x_train, y_train, x_test, y_test = load_digits_split(args.seed)
     print(f"scikit-learn digits: {len(y_train)} train / {len(y_test)} test images, 10 classes")
     ones = F.normalize(torch.ones(8, 4), dim=1)
-    print(f"sanity: clip_loss of identical embeddings at scale 0 = {float(clip_loss(ones, ones, 0.0)):.4f}"
-          f" = log 8 = {math.log(8):.4f}")
+    print(
+        f"sanity: clip_loss of identical embeddings at scale 0 = {float(clip_loss(ones, ones, 0.0)):.4f}"
+        f" = log 8 = {math.log(8):.4f}"
+    )
 
     results: dict[str, float] = {
-        "pixels/1nn": nearest_neighbour_accuracy(
-            x_train.flatten(1), y_train, x_test.flatten(1), y_test
-        )
+        "pixels/1nn": nearest_neighbour_accuracy(x_train.flatten(1), y_train, x_test.flatten(1), y_test)
     }
     rows = [("raw pixels (64-D)", "-", "-", results["pixels/1nn"], None)]
 
@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             return supcon(torch.stack([z1, z2], dim=1), labels, temperature=0.1)
 
         start = time.perf_counter()
-        first, last = train(two_views, list(model.parameters()), x_train, y_train, steps, args.batch, args.seed)
+        first, last = train(
+            two_views, list(model.parameters()), x_train, y_train, steps, args.batch, args.seed
+        )
         seconds = time.perf_counter() - start
         with torch.no_grad():
             acc = nearest_neighbour_accuracy(embed(model, x_train), y_train, embed(model, x_test), y_test)
@@ -154,19 +156,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         test_emb = embed(image_tower, x_test)
         zero_shot = (test_emb @ F.normalize(class_tokens.weight, dim=1).T).argmax(dim=1)
         results["clip/zeroshot"] = float((zero_shot == y_test).float().mean())
-        results["clip/1nn"] = nearest_neighbour_accuracy(embed(image_tower, x_train), y_train, test_emb, y_test)
+        results["clip/1nn"] = nearest_neighbour_accuracy(
+            embed(image_tower, x_train), y_train, test_emb, y_test
+        )
     results["clip/scale"] = criterion.scale
     rows.append(
-        ("CLIPLoss image<->class (32-D)", f"{first:.3f} -> {last:.3f}", f"{seconds:.1f}",
-         results["clip/1nn"], results["clip/zeroshot"])
+        (
+            "CLIPLoss image<->class (32-D)",
+            f"{first:.3f} -> {last:.3f}",
+            f"{seconds:.1f}",
+            results["clip/1nn"],
+            results["clip/zeroshot"],
+        )
     )
 
     print(f"\n{'embedding':<30} {'train loss':>17} {'time s':>7} {'1-NN acc':>9} {'zero-shot':>10}")
     for label, loss, seconds, acc, zs in rows:
         zs_text = "-" if zs is None else f"{zs:.3f}"
         print(f"{label:<30} {loss:>17} {seconds:>7} {acc:>9.3f} {zs_text:>10}")
-    print(f"\nlearned CLIP scale: {results['clip/scale']:.2f} (started at {1 / 0.07:.2f}); "
-          f"chance accuracy: 0.100; steps per loss: {steps}")
+    print(
+        f"\nlearned CLIP scale: {results['clip/scale']:.2f} (started at {1 / 0.07:.2f}); "
+        f"chance accuracy: 0.100; steps per loss: {steps}"
+    )
     return results
 
 

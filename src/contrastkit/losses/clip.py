@@ -93,12 +93,8 @@ def clip_loss(
     if ignore_mask is not None:
         ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (batch, batch)) & ~positive
         ignore_t = ignore_mask.T
-    rows, _ = multi_positive_cross_entropy(
-        logits, positive, ignore_mask, label_smoothing=label_smoothing
-    )
-    cols, _ = multi_positive_cross_entropy(
-        logits.T, positive.T, ignore_t, label_smoothing=label_smoothing
-    )
+    rows, _ = multi_positive_cross_entropy(logits, positive, ignore_mask, label_smoothing=label_smoothing)
+    cols, _ = multi_positive_cross_entropy(logits.T, positive.T, ignore_t, label_smoothing=label_smoothing)
     return 0.5 * (rows.mean() + cols.mean())
 
 
@@ -129,9 +125,7 @@ class CLIPLoss(nn.Module):
     ) -> None:
         super().__init__()
         max_scale = check_range("CLIPLoss", "max_scale", max_scale, 1.0, math.inf, high_open=True)
-        init_temperature = check_range(
-            "CLIPLoss", "init_temperature", init_temperature, 1.0 / max_scale, 1.0
-        )
+        init_temperature = check_range("CLIPLoss", "init_temperature", init_temperature, 1.0 / max_scale, 1.0)
         self.logit_scale = LogitScale(1.0 / init_temperature, max_scale, learnable=learn_scale)
         self.label_smoothing = check_range("CLIPLoss", "label_smoothing", label_smoothing, 0.0, 1.0)
 

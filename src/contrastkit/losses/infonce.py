@@ -91,8 +91,13 @@ def info_nce(
     logits = scaled_logits(q, k, scale)
     if extra_negatives is not None:
         extra_negatives = check_embeddings(
-            fn, "extra_negatives", extra_negatives, shape="(K, D) or (B, K, D)",
-            ndims=(2, 3), dim=q.shape[1], like="q",
+            fn,
+            "extra_negatives",
+            extra_negatives,
+            shape="(K, D) or (B, K, D)",
+            ndims=(2, 3),
+            dim=q.shape[1],
+            like="q",
         )
         if extra_negatives.dim() == 3:
             if extra_negatives.shape[0] != batch:
@@ -116,9 +121,7 @@ def info_nce(
     positive_mask = F.pad(positive_mask, (0, n_extra), value=False)
     if ignore_mask is not None:
         ignore_mask = F.pad(ignore_mask, (0, n_extra), value=False)
-    loss, valid = multi_positive_cross_entropy(
-        logits, positive_mask, ignore_mask, mode=multi_positive
-    )
+    loss, valid = multi_positive_cross_entropy(logits, positive_mask, ignore_mask, mode=multi_positive)
     return reduce_anchor_losses(fn, loss, valid, reduction)
 
 

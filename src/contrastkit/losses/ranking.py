@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from contrastkit.errors import InputError, check_embeddings, check_temperature, check_tensor, check_finite
+from contrastkit.errors import InputError, check_embeddings, check_finite, check_temperature, check_tensor
 from contrastkit.functional import compute_dtype
 
 
@@ -31,7 +31,9 @@ def rank_n_contrast(z: torch.Tensor, y: torch.Tensor, temperature: float = 2.0) 
     temperature = check_temperature(fn, "temperature", temperature)
     y = check_tensor(fn, "y", y, floating=False)
     if y.dim() not in (1, 2) or y.shape[0] != z.shape[0]:
-        raise InputError(f"{fn}: 'y' must have shape ({z.shape[0]},) or ({z.shape[0]}, K); got {tuple(y.shape)}.")
+        raise InputError(
+            f"{fn}: 'y' must have shape ({z.shape[0]},) or ({z.shape[0]}, K); got {tuple(y.shape)}."
+        )
     if y.dtype == torch.bool or y.is_complex():
         raise InputError(f"{fn}: 'y' must hold real numbers; got dtype {y.dtype}.")
     dtype = compute_dtype(z, y) if y.is_floating_point() else compute_dtype(z)

@@ -149,8 +149,7 @@ def margin_mse(
         raise InputError(f"{fn}: 's_pos' must have shape (B,) with B >= 1; got {tuple(s_pos.shape)}.")
     if s_neg.dim() not in (1, 2) or s_neg.shape[0] != s_pos.shape[0] or s_neg.numel() == 0:
         raise InputError(
-            f"{fn}: 's_neg' must have shape (B,) or (B, M) with B={s_pos.shape[0]}; got "
-            f"{tuple(s_neg.shape)}."
+            f"{fn}: 's_neg' must have shape (B,) or (B, M) with B={s_pos.shape[0]}; got {tuple(s_neg.shape)}."
         )
     for student, teacher in (("s_pos", "t_pos"), ("s_neg", "t_neg")):
         if named[teacher].shape != named[student].shape:

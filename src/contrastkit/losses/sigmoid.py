@@ -76,9 +76,7 @@ class SigLIPLoss(nn.Module):
         max_scale: largest allowed scale.
     """
 
-    def __init__(
-        self, init_scale: float = 10.0, init_bias: float = -10.0, max_scale: float = 100.0
-    ) -> None:
+    def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0, max_scale: float = 100.0) -> None:
         super().__init__()
         max_scale = check_range("SigLIPLoss", "max_scale", max_scale, 1.0, math.inf, high_open=True)
         init_scale = check_range("SigLIPLoss", "init_scale", init_scale, 1.0, max_scale)
