@@ -52,9 +52,10 @@ def multi_positive_cross_entropy(
     if not bool(valid.all()):
         logits, positive = logits[valid], positive[valid]
         ignore_mask = None if ignore_mask is None else ignore_mask[valid]
-    candidates = logits if ignore_mask is None else logits.masked_fill(ignore_mask, float("-inf"))
     n_pos = positive.sum(dim=1).to(logits.dtype)
-    lse_all = torch.logsumexp(candidates, dim=1)
+    if mode != "exclusive":
+        candidates = logits if ignore_mask is None else logits.masked_fill(ignore_mask, float("-inf"))
+        lse_all = torch.logsumexp(candidates, dim=1)
 
     if mode == "mean":
         target = torch.where(positive, logits, torch.zeros((), dtype=logits.dtype)).sum(1) / n_pos
