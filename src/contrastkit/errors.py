@@ -99,6 +99,15 @@ def check_same_device(fn: str, **tensors: torch.Tensor) -> None:
         raise InputError(f"{fn}: all tensors must be on one device; got {listed}.")
 
 
+def check_has_negatives(fn: str, n_candidates: int, detail: str) -> None:
+    """Raise if an anchor's candidates are its positive alone (the loss would be a silent 0)."""
+    if n_candidates < 2:
+        raise InputError(
+            f"{fn}: each anchor needs at least one negative, but {detail}. Use a batch of at least "
+            f"2 pairs (or add negatives)."
+        )
+
+
 def check_scalar(
     fn: str, name: str, value: object, *, minimum: float | None = None, hint: str = ""
 ) -> float | torch.Tensor:

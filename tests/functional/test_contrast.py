@@ -38,11 +38,11 @@ def reference_rows(
     for i in range(n_rows):
         cand = [j for j in range(n_cols) if ignore is None or not bool(ignore[i, j])]
         pos = [j for j in cand if bool(positive[i, j])]
-        if not pos:
+        neg = [j for j in cand if j not in pos]
+        if not pos or not neg:  # nothing to contrast
             valid.append(False)
             continue
         valid.append(True)
-        neg = [j for j in cand if j not in pos]
         lse_a = loop_lse([logits[i, j] for j in cand])
         if mode == "mean":
             # cross-entropy with the soft target w_j = (1-eps)/|P| on P + eps/|A| on A
@@ -79,7 +79,7 @@ def _masks() -> tuple[torch.Tensor, torch.Tensor]:
     row 3: its only positive is ignored            -> invalid
     row 4: two positives, one more positive is ignored (so it is not a positive), one negative
            ignored
-    row 5: every candidate is a positive except the ignored ones (no negatives)
+    row 5: every candidate is a positive except the ignored ones   -> invalid (no negative)
     """
     P = torch.zeros(R, C, dtype=torch.bool)
     I = torch.zeros(R, C, dtype=torch.bool)
@@ -95,7 +95,7 @@ def _masks() -> tuple[torch.Tensor, torch.Tensor]:
     return P, I
 
 
-EXPECTED_VALID = torch.tensor([True, True, False, False, True, True])
+EXPECTED_VALID = torch.tensor([True, True, False, False, True, False])
 
 
 def _check(
@@ -200,7 +200,7 @@ def test_lse_count_normalize_adds_log_of_positive_count() -> None:
     P, I = _masks()
     plain, valid = multi_positive_cross_entropy(logits, P, I, mode="lse")
     normed, _ = multi_positive_cross_entropy(logits, P, I, mode="lse", count_normalize=True)
-    n_pos = [1, 3, 2, 4]  # rows 0, 1, 4, 5 (after ignoring)
+    n_pos = [1, 3, 2]  # rows 0, 1, 4 (after ignoring)
     assert valid.tolist() == EXPECTED_VALID.tolist()
     torch.testing.assert_close(normed - plain, torch.log(torch.tensor(n_pos, dtype=torch.float64)))
 
@@ -217,12 +217,13 @@ def test_exclusive_mode(with_ignore: bool) -> None:
     )
 
 
-def test_exclusive_row_without_negatives_is_zero_with_finite_gradient() -> None:
+@pytest.mark.parametrize("mode", ["mean", "lse", "exclusive"])
+def test_row_without_negatives_is_invalid_not_a_silent_zero(mode: str) -> None:
     logits = _logits(8)
     P, I = _masks()
-    loss, valid = multi_positive_cross_entropy(logits, P, I, mode="exclusive")
-    # row 5 is the last valid row; all its candidates are positives -> each term LSE{l_p} - l_p = 0
-    assert float(loss[-1].detach()) == 0.0
+    loss, valid = multi_positive_cross_entropy(logits, P, I, mode=mode)
+    # row 5: all its candidates are positives, so there is nothing to contrast
+    assert not bool(valid[5]) and loss.shape == (int(valid.sum()),)
     (g,) = torch.autograd.grad(loss.sum(), logits)
     assert torch.isfinite(g).all()
     assert (g[5] == 0).all()
@@ -333,5 +334,6 @@ def test_end_to_end_reduction_of_masked_rows_matches_reference() -> None:
     loss, valid = multi_positive_cross_entropy(logits, P, I, mode="mean", label_smoothing=0.1)
     want, _ = reference_rows(logits, P, I, "mean", 0.1)
     got = reduce_anchor_losses("f", loss, valid, "mean")
-    # mean over the 4 valid anchors, not over all 6 rows
-    torch.testing.assert_close(got, sum(want) / 4, atol=1e-10, rtol=0)
+    # mean over the 3 valid anchors, not over all 6 rows
+    assert len(want) == 3
+    torch.testing.assert_close(got, sum(want) / 3, atol=1e-10, rtol=0)

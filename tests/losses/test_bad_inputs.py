@@ -177,7 +177,9 @@ def test_bad_masks_labels_and_shapes(call, name):
 
 def test_no_positive_pairs_raise_instead_of_returning_zero():
     distinct = torch.arange(B)
-    with pytest.raises(NoPositivePairsError, match="no anchor in this batch has a positive"):
+    with pytest.raises(
+        NoPositivePairsError, match="no anchor in this batch has both a positive and a negative"
+    ):
         ck.supcon(_x(B, D), distinct)
     with pytest.raises(NoPositivePairsError):
         ck.info_nce(_x(B, D), _x(B, D), 1.0, positive_mask=torch.zeros(B, B, dtype=torch.bool))
@@ -220,3 +222,22 @@ def test_mixed_devices_are_named():
     meta = torch.empty(B, D, device="meta")
     with pytest.raises(InputError, match="one device"):
         ck.cosine_alignment(_x(B, D), meta)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: ck.clip_loss(_x(1, D), _x(1, D), 1.0),
+        lambda: ck.info_nce(_x(1, D), _x(1, D), 1.0),
+        lambda: ck.mnrl(_x(1, D), _x(1, D)),
+        lambda: ck.nt_xent(_x(1, D), _x(1, D)),
+    ],
+)
+def test_a_single_pair_raises_instead_of_a_silent_zero(call):
+    with pytest.raises(InputError, match="at least one negative"):
+        call()
+
+
+def test_single_query_with_extra_negatives_is_fine():
+    assert ck.info_nce(_x(1, D), _x(1, D), 1.0, extra_negatives=_x(3, D)) > 0
+    assert ck.mnrl(_x(1, D), _x(1, D), _x(1, 2, D)) > 0

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_matches_reference, loop_lse, unit_rows
-from contrastkit import CLIPLoss, InputError, clip_loss
+from contrastkit import CLIPLoss, InputError, NoPositivePairsError, clip_loss
 
 B, D = 5, 4
 
@@ -143,16 +143,28 @@ def test_clip_loss_sample_ids_change_the_loss_and_distinct_ids_do_not() -> None:
 
 
 def test_clip_loss_sample_ids_uniform_target_hand_case() -> None:
-    # B = 2, both rows share an id: every row and column has target (1/2, 1/2)
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
-    y = torch.tensor([[0.6, 0.8], [1.0, 0.0]], dtype=torch.float64)
+    # ids (4, 4, 7): rows/columns 0 and 1 have target (1/2, 1/2, 0), row/column 2 has (0, 0, 1)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=torch.float64)
+    y = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     s = 3.0
-    l = [[s * 0.6, s * 1.0], [s * 0.8, 0.0]]
-    rows = sum(math.log(math.exp(r[0]) + math.exp(r[1])) - 0.5 * (r[0] + r[1]) for r in l)
-    cols = sum(math.log(math.exp(l[0][j]) + math.exp(l[1][j])) - 0.5 * (l[0][j] + l[1][j]) for j in range(2))
-    want = 0.5 * (rows / 2 + cols / 2)
-    got = clip_loss(x, y, s, sample_ids=torch.tensor([4, 4]))
-    assert float(got.detach()) == pytest.approx(want, abs=1e-12)
+    l = [[s * 0.6, s * 1.0, 0.0], [s * 0.8, 0.0, s * 1.0], [s * 1.0, s * 0.6, s * 0.8]]
+    targets = [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]
+
+    def ce(scores, target):
+        return math.log(sum(math.exp(v) for v in scores)) - sum(
+            t * v for t, v in zip(target, scores, strict=True)
+        )
+
+    rows = sum(ce(l[i], targets[i]) for i in range(3))
+    cols = sum(ce([l[i][j] for i in range(3)], targets[j]) for j in range(3))
+    got = clip_loss(x, y, s, sample_ids=torch.tensor([4, 4, 7]))
+    assert float(got.detach()) == pytest.approx(0.5 * (rows / 3 + cols / 3), abs=1e-12)
+
+
+def test_clip_loss_one_id_for_the_whole_batch_raises_not_nan() -> None:
+    x, y = unit_rows(B, D, seed=3), unit_rows(B, D, seed=4)
+    with pytest.raises(NoPositivePairsError, match="both a positive and a negative"):
+        clip_loss(x, y, 5.0, sample_ids=torch.zeros(B, dtype=torch.long))
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])

@@ -1,15 +1,17 @@
 """Masked, multi-positive cross-entropy: the plain (materialised) core of every softmax loss.
 
 Given logits l (R, C), a positive mask P and an ignore mask I, anchor i scores its
-positives P_i = P[i] & ~I[i] against the candidates A_i = ~I[i]. Anchors with no positive are
-*invalid*: they are left out of the reduction, never counted as a zero loss.
+positives P_i = P[i] & ~I[i] against the candidates A_i = ~I[i]. An anchor is *valid* when it
+has at least one positive and at least one negative (a candidate that is not a positive):
+anything else has nothing to contrast, so it is left out of the reduction, never counted as a
+zero loss.
 """
 
 from __future__ import annotations
 
 import torch
 
-from contrastkit.errors import NoPositivePairsError, check_choice
+from contrastkit.errors import InputError, NoPositivePairsError, check_choice, check_range
 from contrastkit.functional.numerics import softplus
 
 MULTI_POSITIVE_MODES = ("mean", "lse", "exclusive")
@@ -43,14 +45,21 @@ def multi_positive_cross_entropy(
 
     Returns:
         (loss, valid): loss (V,) for the V valid anchors, in row order, and valid (R,) bool
-        marking the anchors that have at least one positive. Rows without a positive are never
+        marking the anchors that have a positive and a negative. Invalid rows are never
         evaluated, so they cannot put NaN into the gradient.
     """
-    check_choice("multi_positive_cross_entropy", "mode", mode, MULTI_POSITIVE_MODES)
+    fn = "multi_positive_cross_entropy"
+    check_choice(fn, "mode", mode, MULTI_POSITIVE_MODES)
+    label_smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
+    if label_smoothing and mode != "mean":
+        raise InputError(f"{fn}: 'label_smoothing' applies to mode='mean' only; got mode={mode!r}.")
+    if count_normalize and mode != "lse":
+        raise InputError(f"{fn}: 'count_normalize' applies to mode='lse' only; got mode={mode!r}.")
     positive = positive_mask if ignore_mask is None else positive_mask & ~ignore_mask
-    valid = positive.any(dim=1)
+    negative = ~positive_mask if ignore_mask is None else ~positive_mask & ~ignore_mask
+    valid = positive.any(dim=1) & negative.any(dim=1)
     if not bool(valid.all()):
-        logits, positive = logits[valid], positive[valid]
+        logits, positive, negative = logits[valid], positive[valid], negative[valid]
         ignore_mask = None if ignore_mask is None else ignore_mask[valid]
     n_pos = positive.sum(dim=1).to(logits.dtype)
     if mode != "exclusive":
@@ -70,12 +79,7 @@ def multi_positive_cross_entropy(
         loss = lse_all - lse_pos
         return (loss + torch.log(n_pos) if count_normalize else loss), valid
 
-    negative = ~positive if ignore_mask is None else ~positive & ~ignore_mask
-    has_negative = negative.any(dim=1, keepdim=True)
-    # Rows without any negative get a dummy finite row so the LSE backward stays NaN-free.
-    neg_logits = torch.where(has_negative, logits.masked_fill(~negative, float("-inf")), 0.0)
-    lse_neg = torch.logsumexp(neg_logits, dim=1, keepdim=True)
-    lse_neg = torch.where(has_negative, lse_neg, float("-inf"))
+    lse_neg = torch.logsumexp(logits.masked_fill(~negative, float("-inf")), dim=1, keepdim=True)
     per_pair = softplus(lse_neg - logits)  # = LSE({l_ip} u negatives) - l_ip
     loss = torch.where(positive, per_pair, torch.zeros((), dtype=logits.dtype)).sum(1) / n_pos
     return loss, valid
@@ -92,9 +96,9 @@ def reduce_anchor_losses(
     check_choice(fn, "reduction", reduction, REDUCTIONS)
     if loss.numel() == 0:
         raise NoPositivePairsError(
-            f"{fn}: no anchor in this batch has a positive, so the loss is undefined. "
-            f"Check the labels / positive_mask (e.g. use a class-balanced sampler so each class "
-            f"appears at least twice) rather than training on a zero loss."
+            f"{fn}: no anchor in this batch has both a positive and a negative, so the loss is "
+            f"undefined. Check the labels / masks (a class-balanced sampler gives each class at "
+            f"least two samples and several classes per batch) rather than training on a zero loss."
         )
     if reduction == "mean":
         return loss.mean()

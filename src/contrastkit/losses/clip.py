@@ -11,6 +11,7 @@ from torch import nn
 
 from contrastkit.errors import (
     check_embeddings,
+    check_has_negatives,
     check_labels,
     check_mask,
     check_range,
@@ -18,7 +19,7 @@ from contrastkit.errors import (
     check_scalar,
     check_scale,
 )
-from contrastkit.functional import multi_positive_cross_entropy, scaled_logits
+from contrastkit.functional import multi_positive_cross_entropy, reduce_anchor_losses, scaled_logits
 from contrastkit.losses.scale import LogitScale
 
 
@@ -76,8 +77,9 @@ def clip_loss(
             UserWarning,
             stacklevel=2,
         )
-    logits = scaled_logits(x, y, scale, bias)
     batch = x.shape[0]
+    check_has_negatives(fn, batch, f"the batch holds {batch} pair")
+    logits = scaled_logits(x, y, scale, bias)
     if sample_ids is None and ignore_mask is None:
         targets = torch.arange(batch, device=x.device)
         return 0.5 * (
@@ -93,9 +95,9 @@ def clip_loss(
     if ignore_mask is not None:
         ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (batch, batch)) & ~positive
         ignore_t = ignore_mask.T
-    rows, _ = multi_positive_cross_entropy(logits, positive, ignore_mask, label_smoothing=label_smoothing)
-    cols, _ = multi_positive_cross_entropy(logits.T, positive.T, ignore_t, label_smoothing=label_smoothing)
-    return 0.5 * (rows.mean() + cols.mean())
+    rows = multi_positive_cross_entropy(logits, positive, ignore_mask, label_smoothing=label_smoothing)
+    cols = multi_positive_cross_entropy(logits.T, positive.T, ignore_t, label_smoothing=label_smoothing)
+    return 0.5 * (reduce_anchor_losses(fn, *rows) + reduce_anchor_losses(fn, *cols))
 
 
 class CLIPLoss(nn.Module):

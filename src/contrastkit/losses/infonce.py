@@ -11,6 +11,7 @@ from contrastkit.errors import (
     InputError,
     check_choice,
     check_embeddings,
+    check_has_negatives,
     check_mask,
     check_range,
     check_same_device,
@@ -112,6 +113,7 @@ def info_nce(
         logits = torch.cat([logits, extra], dim=1)
 
     if positive_mask is None and ignore_mask is None and multi_positive == "mean":
+        check_has_negatives(fn, logits.shape[1], f"there are {logits.shape[1]} candidate(s)")
         targets = torch.arange(batch, device=q.device)
         return F.cross_entropy(logits, targets, reduction=reduction)
 

@@ -12,6 +12,7 @@ from contrastkit.errors import (
     check_choice,
     check_embeddings,
     check_finite,
+    check_has_negatives,
     check_range,
     check_same_device,
     check_scale,
@@ -81,6 +82,7 @@ def mnrl(
     candidates = positives
     if negatives is not None:
         candidates = torch.cat([positives, _negative_blocks(fn, "negatives", negatives, batch, dim)])
+    check_has_negatives(fn, candidates.shape[0], f"there are {candidates.shape[0]} candidate(s)")
     logits = cosine_logits(anchors, candidates, scale)
     targets = torch.arange(batch, device=anchors.device)
     if guide is None:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from contrastkit.errors import (
     InputError,
     check_embeddings,
+    check_has_negatives,
     check_same_device,
     check_temperature,
 )
@@ -43,8 +44,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     fn = "nt_xent"
     z1, z2 = _unit_views(fn, z1, z2)
     temperature = check_temperature(fn, "temperature", temperature)
-    z = torch.cat([z1, z2])
     n = z1.shape[0]
+    check_has_negatives(fn, 2 * n - 1, f"N={n} gives each view only its partner")
+    z = torch.cat([z1, z2])
     logits = (z @ z.T) / temperature
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
