@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -241,3 +243,26 @@ def test_a_single_pair_raises_instead_of_a_silent_zero(call):
 def test_single_query_with_extra_negatives_is_fine():
     assert ck.info_nce(_x(1, D), _x(1, D), 1.0, extra_negatives=_x(3, D)) > 0
     assert ck.mnrl(_x(1, D), _x(1, D), _x(1, 2, D)) > 0
+
+
+def _meta(t: torch.Tensor) -> torch.Tensor:
+    """A tensor on another device (the meta device stands in for a GPU here)."""
+    return t.to("meta")
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: ck.clip_loss(_x(B, D), _x(B, D), _meta(torch.tensor(2.0))), "scale"),
+        (lambda: ck.clip_loss(_x(B, D), _x(B, D), 2.0, sample_ids=_meta(torch.arange(B))), "sample_ids"),
+        (lambda: ck.siglip_loss(_x(B, D), _x(B, D), 2.0, _meta(torch.tensor(0.0))), "bias"),
+        (lambda: ck.info_nce(_x(B, D), _x(B, D), 2.0, ignore_mask=_meta(torch.eye(B).bool())), "ignore_mask"),
+        (lambda: ck.supcon(_x(B, D), _meta(torch.zeros(B, dtype=torch.long))), "labels"),
+        (lambda: ck.mnrl(_x(B, D), _x(B, D), guide=(_meta(_x(B, 2)), _x(B, 2), None)), "guide[0]"),
+        (lambda: ck.rank_n_contrast(_x(B, D), _meta(_x(B))), "y"),
+        (lambda: ck.hard_negative_info_nce(_x(B, D), _x(B, D), _meta(torch.tensor(2.0))), "scale"),
+    ],
+)
+def test_every_tensor_argument_is_device_checked(call, name):
+    with pytest.raises(InputError, match=f"one device.*'{re.escape(name)}' on meta"):
+        call()

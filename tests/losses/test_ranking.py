@@ -190,3 +190,12 @@ def test_rnc_bad_inputs_raise() -> None:
         rank_n_contrast(z[:1], torch.zeros(1))
     with pytest.raises(InputError):
         rank_n_contrast(z, torch.tensor([0.0, float("nan"), 1.0, 2.0]))
+
+
+def test_large_integer_labels_stay_apart() -> None:
+    """Labels 2**24 and 2**24 + 1 are equal in float32; the ordering must still see them apart."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(3, 2, generator=g, dtype=torch.float32)
+    big = torch.tensor([2**24, 2**24 + 1, 2**24 + 3])
+    small = torch.tensor([0, 1, 3])
+    torch.testing.assert_close(rank_n_contrast(z, big), rank_n_contrast(z, small), atol=0, rtol=0)

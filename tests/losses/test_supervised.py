@@ -303,3 +303,9 @@ def test_supcon_identical_embeddings_value() -> None:
     z = torch.ones(5, 2, 3, dtype=torch.float64)
     labels = torch.tensor([0, 1, 0, 1, 2])
     assert abs(supcon(z, labels, 0.3).item() - math.log(9)) < 1e-12
+
+
+def test_single_view_tensor_equals_plain_rows() -> None:
+    z = unit_rows(6, 5, seed=31)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    torch.testing.assert_close(supcon(z[:, None], labels), supcon(z, labels), atol=0, rtol=0)

@@ -7,7 +7,7 @@ from contrastkit.functional.contrast import (
     reduce_anchor_losses,
 )
 from contrastkit.functional.numerics import compute_dtype, softplus
-from contrastkit.functional.similarity import cosine_logits, scaled_logits
+from contrastkit.functional.similarity import cosine_logits, scaled_logits, stack_views
 
 __all__ = [
     "MULTI_POSITIVE_MODES",
@@ -18,4 +18,5 @@ __all__ = [
     "reduce_anchor_losses",
     "scaled_logits",
     "softplus",
+    "stack_views",
 ]

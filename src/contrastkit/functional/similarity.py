@@ -24,3 +24,13 @@ def cosine_logits(x: torch.Tensor, y: torch.Tensor, scale: float | torch.Tensor 
     """l = scale * cos(x_i, y_j).  x: (B, D), y: (M, D) -> (B, M); zero rows give cosine 0."""
     dtype = compute_dtype(x, y)
     return scale * (F.normalize(x.to(dtype), dim=-1) @ F.normalize(y.to(dtype), dim=-1).T)
+
+
+def stack_views(z: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(N, D) -> itself with V = 1; (N, V, D) -> (V*N, D) stacked view-major, and V.
+
+    Row v*N + i of the result is view v of sample i, as SupCon and Rank-N-Contrast stack them.
+    """
+    if z.dim() == 2:
+        return z, 1
+    return z.transpose(0, 1).reshape(-1, z.shape[-1]), z.shape[1]

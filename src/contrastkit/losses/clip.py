@@ -64,7 +64,7 @@ def clip_loss(
     Reference: Radford et al. 2021, arXiv 2103.00020; open_clip ``ClipLoss``.
     """
     fn = "clip_loss"
-    check_same_device(fn, x=x, y=y)
+    check_same_device(fn, x=x, y=y, scale=scale, bias=bias, sample_ids=sample_ids, ignore_mask=ignore_mask)
     x = check_embeddings(fn, "x", x)
     y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
     scale = check_scale(fn, "scale", scale)

@@ -72,7 +72,15 @@ def info_nce(
     Reference: van den Oord et al. 2018, arXiv 1807.03748.
     """
     fn = "info_nce"
-    check_same_device(fn, q=q, k=k, extra_negatives=extra_negatives)
+    check_same_device(
+        fn,
+        q=q,
+        k=k,
+        scale=scale,
+        extra_negatives=extra_negatives,
+        positive_mask=positive_mask,
+        ignore_mask=ignore_mask,
+    )
     q = check_embeddings(fn, "q", q)
     k = check_embeddings(fn, "k", k, dim=q.shape[1], like="q")
     scale = check_scale(fn, "scale", scale)
@@ -163,7 +171,7 @@ def hard_negative_info_nce(
     arXiv 2010.04592.
     """
     fn = "hard_negative_info_nce"
-    check_same_device(fn, q=q, k=k)
+    check_same_device(fn, q=q, k=k, scale=scale)
     q = check_embeddings(fn, "q", q)
     k = check_embeddings(fn, "k", k, rows=q.shape[0], dim=q.shape[1], like="q")
     scale = check_scale(fn, "scale", scale)

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from contrastkit.errors import InputError, check_embeddings, check_finite, check_temperature, check_tensor
-from contrastkit.functional import compute_dtype
+from contrastkit.errors import (
+    InputError,
+    check_embeddings,
+    check_finite,
+    check_same_device,
+    check_temperature,
+    check_tensor,
+)
+from contrastkit.functional import compute_dtype, stack_views
 
 
 def rank_n_contrast(z: torch.Tensor, y: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
@@ -27,6 +34,7 @@ def rank_n_contrast(z: torch.Tensor, y: torch.Tensor, temperature: float = 2.0) 
     Reference: Zha et al. 2023, "Rank-N-Contrast", arXiv 2210.01189.
     """
     fn = "rank_n_contrast"
+    check_same_device(fn, z=z, y=y)
     z = check_embeddings(fn, "z", z, shape="(n, D) or (N, V, D)", ndims=(2, 3))
     temperature = check_temperature(fn, "temperature", temperature)
     y = check_tensor(fn, "y", y, floating=False)
@@ -36,17 +44,16 @@ def rank_n_contrast(z: torch.Tensor, y: torch.Tensor, temperature: float = 2.0) 
         )
     if y.dtype == torch.bool or y.is_complex():
         raise InputError(f"{fn}: 'y' must hold real numbers; got dtype {y.dtype}.")
-    dtype = compute_dtype(z, y) if y.is_floating_point() else compute_dtype(z)
-    y = y.to(dtype).reshape(y.shape[0], -1)
+    # Label distances only order the pairs: float64 keeps large integer labels apart.
+    y = y.detach().to(torch.float64).reshape(y.shape[0], -1)
     check_finite(fn, "y", y)
-    if z.dim() == 3:
-        views = z.shape[1]
-        z = z.transpose(0, 1).reshape(-1, z.shape[-1])
-        y = y.repeat(views, 1)
+    z, views = stack_views(z)
+    y = y.repeat(views, 1)
     n = z.shape[0]
     if n < 2:
         raise InputError(f"{fn}: needs at least 2 anchors; got {n}.")
 
+    dtype = compute_dtype(z)
     exact = "donot_use_mm_for_euclid_dist"
     similarity = -torch.cdist(z.to(dtype), z.to(dtype), compute_mode=exact) / temperature
     label_dist = torch.cdist(y, y, p=1)

@@ -71,7 +71,10 @@ def mnrl(
     arXiv 2402.16829.
     """
     fn = "mnrl"
-    check_same_device(fn, anchors=anchors, positives=positives, negatives=negatives)
+    if guide is not None and (not isinstance(guide, (tuple, list)) or len(guide) != 3):
+        raise InputError(f"{fn}: 'guide' must be a tuple (g_anchors, g_positives, g_negatives or None).")
+    guides = {f"guide[{i}]": g for i, g in enumerate(guide or ())}
+    check_same_device(fn, anchors=anchors, positives=positives, negatives=negatives, scale=scale, **guides)
     anchors = check_embeddings(fn, "anchors", anchors)
     batch, dim = anchors.shape
     positives = check_embeddings(fn, "positives", positives, rows=batch, dim=dim, like="anchors")
@@ -88,8 +91,6 @@ def mnrl(
     if guide is None:
         return F.cross_entropy(logits, targets)
 
-    if not isinstance(guide, (tuple, list)) or len(guide) != 3:
-        raise InputError(f"{fn}: 'guide' must be a tuple (g_anchors, g_positives, g_negatives or None).")
     g_a, g_p, g_n = guide
     g_a = check_embeddings(fn, "guide[0]", g_a, rows=batch)
     g_p = check_embeddings(fn, "guide[1]", g_p, rows=batch, dim=g_a.shape[1], like="guide[0]")

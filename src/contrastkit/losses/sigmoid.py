@@ -47,7 +47,7 @@ def siglip_loss(
     Reference: Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training", arXiv 2303.15343.
     """
     fn = "siglip_loss"
-    check_same_device(fn, x=x, y=y)
+    check_same_device(fn, x=x, y=y, scale=scale, bias=bias, sample_ids=sample_ids)
     x = check_embeddings(fn, "x", x)
     y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
     scale = check_scale(fn, "scale", scale)

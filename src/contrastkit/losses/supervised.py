@@ -9,9 +9,15 @@ from contrastkit.errors import (
     check_embeddings,
     check_labels,
     check_mask,
+    check_same_device,
     check_temperature,
 )
-from contrastkit.functional import multi_positive_cross_entropy, reduce_anchor_losses, scaled_logits
+from contrastkit.functional import (
+    multi_positive_cross_entropy,
+    reduce_anchor_losses,
+    scaled_logits,
+    stack_views,
+)
 
 
 def supcon(
@@ -48,6 +54,7 @@ def supcon(
     Reference: Khosla et al. 2020, "Supervised Contrastive Learning", arXiv 2004.11362.
     """
     fn = "supcon"
+    check_same_device(fn, z=z, labels=labels, positive_mask=positive_mask, ignore_mask=ignore_mask)
     z = check_embeddings(fn, "z", z, shape="(N, D) or (N, V, D)", ndims=(2, 3))
     temperature = check_temperature(fn, "temperature", temperature)
     base = temperature if base_temperature is None else base_temperature
@@ -64,8 +71,7 @@ def supcon(
     if ignore_mask is not None:
         ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (n, n))
 
-    views = 1 if z.dim() == 2 else z.shape[1]
-    stacked = z if views == 1 else z.transpose(0, 1).reshape(views * n, z.shape[-1])
+    stacked, views = stack_views(z)
     self_pair = torch.eye(views * n, dtype=torch.bool, device=z.device)
     ignore = self_pair if ignore_mask is None else self_pair | ignore_mask.repeat(views, views)
     logits = scaled_logits(stacked, stacked, 1.0 / temperature)
