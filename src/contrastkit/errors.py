@@ -8,6 +8,7 @@ names the function, the argument, what was expected and what came.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -124,7 +125,7 @@ def check_scalar(
         check_tensor(fn, name, value)
         number = float(value.detach())
         scalar: float | torch.Tensor = value.reshape(())
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         number = float(value)
         scalar = number
     else:
@@ -145,8 +146,11 @@ def check_scale(fn: str, name: str, value: object) -> float | torch.Tensor:
 
 def check_temperature(fn: str, name: str, value: object) -> float:
     """Check a temperature: a finite float > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{fn}: argument '{name}' must be a float > 0; got {type(value).__name__}.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(
+            f"{fn}: argument '{name}' must be a float > 0 (a fixed temperature; pass a learnable "
+            f"one as a multiplicative scale to the scale-based losses); got {type(value).__name__}."
+        )
     if not math.isfinite(value) or value <= 0:
         raise InputError(f"{fn}: argument '{name}' must be a finite float > 0; got {value}.")
     return float(value)
@@ -156,13 +160,31 @@ def check_range(
     fn: str, name: str, value: object, low: float, high: float, *, high_open: bool = False
 ) -> float:
     """Check a float in [low, high] (or [low, high) with ``high_open``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{fn}: argument '{name}' must be a float; got {type(value).__name__}.")
     above = value >= high if high_open else value > high
     if not math.isfinite(value) or value < low or above:
         bracket = ")" if high_open else "]"
         raise InputError(f"{fn}: argument '{name}' must be in [{low}, {high}{bracket}; got {value}.")
     return float(value)
+
+
+def check_flag(fn: str, name: str, value: object) -> bool:
+    """Check a True/False switch (a string such as "no" is truthy and would flip it silently)."""
+    if not isinstance(value, bool):
+        raise InputError(f"{fn}: argument '{name}' must be True or False; got {value!r}.")
+    return value
+
+
+def check_nonzero_rows(fn: str, name: str, t: torch.Tensor) -> None:
+    """Raise if a row has zero norm: its cosine similarity is undefined (and its gradient ~1e12)."""
+    zero = t.detach().abs().amax(dim=-1) == 0
+    if bool(zero.any()):
+        rows = zero.nonzero()[:5, 0].tolist()
+        raise InputError(
+            f"{fn}: argument '{name}' has {int(zero.sum())} all-zero row(s) (first: {rows}); cosine "
+            f"similarity is undefined for them. Check the encoder (dead units, a masked-out input)."
+        )
 
 
 def check_choice(fn: str, name: str, value: object, choices: Sequence[str]) -> str:

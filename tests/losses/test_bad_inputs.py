@@ -266,3 +266,50 @@ def _meta(t: torch.Tensor) -> torch.Tensor:
 def test_every_tensor_argument_is_device_checked(call, name):
     with pytest.raises(InputError, match=f"one device.*'{re.escape(name)}' on meta"):
         call()
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: ck.dcl(_x(B, D), _x(B, D), weighted="no"), "weighted"),
+        (lambda: ck.dcl(_x(B, D), _x(B, D), detach_weight=1), "detach_weight"),
+        (lambda: ck.hard_negative_info_nce(_x(B, D), _x(B, D), 2.0, symmetric="false"), "symmetric"),
+        (lambda: ck.CLIPLoss(learn_scale="no"), "learn_scale"),
+    ],
+)
+def test_switches_must_be_booleans(call, name):
+    with pytest.raises(InputError, match=f"'{name}' must be True or False"):
+        call()
+
+
+def _with_zero_row(n: int = B) -> torch.Tensor:
+    x = _x(n, D)
+    x[2] = 0.0
+    return x
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: ck.nt_xent(_x(B, D), _with_zero_row()), "z2"),
+        (lambda: ck.dcl(_with_zero_row(), _x(B, D)), "z1"),
+        (lambda: ck.cosine_alignment(_with_zero_row(), _x(B, D)), "x"),
+        (lambda: ck.mnrl(_with_zero_row(), _x(B, D)), "anchors"),
+        (lambda: ck.mnrl(_x(B, D), _x(B, D), _with_zero_row()), "negatives"),
+    ],
+)
+def test_zero_rows_of_cosine_losses_raise(call, name):
+    with pytest.raises(
+        InputError, match=f"'{re.escape(name)}' has 1 all-zero row\\(s\\) \\(first: \\[2\\]\\)"
+    ):
+        call()
+
+
+def test_numpy_scalars_are_numbers():
+    np = pytest.importorskip("numpy")
+    x, y = _x(B, D), _x(B, D)
+    torch.testing.assert_close(ck.clip_loss(x, y, np.float32(2.0)), ck.clip_loss(x, y, 2.0))
+    torch.testing.assert_close(ck.nt_xent(x, y, np.float32(0.5)), ck.nt_xent(x, y, 0.5))
+    torch.testing.assert_close(
+        ck.siglip_loss(x, y, np.int64(3), np.float32(-1.0)), ck.siglip_loss(x, y, 3.0, -1.0)
+    )

@@ -370,3 +370,22 @@ def test_clip_module_bad_init_raises() -> None:
     with pytest.raises(InputError, match="CLIPLoss: argument 'max_scale'"):
         CLIPLoss(max_scale=0.5)
     CLIPLoss(init_temperature=0.001, max_scale=1000.0)  # fine once max_scale allows it
+
+
+def test_clip_module_passes_ignore_mask() -> None:
+    x, y = unit_rows(B, D, seed=41), unit_rows(B, D, seed=42)
+    ignore = torch.zeros(B, B, dtype=torch.bool)
+    ignore[0, 1] = ignore[3, 2] = True
+    crit = CLIPLoss()
+    got = crit(x, y, ignore_mask=ignore)
+    want = clip_loss(x, y, crit.logit_scale().detach(), ignore_mask=ignore)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def test_clip_loss_zero_bias_does_not_warn() -> None:
+    import warnings
+
+    x, y = unit_rows(B, D, seed=43), unit_rows(B, D, seed=44)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clip_loss(x, y, 2.0, bias=0.0)

@@ -39,3 +39,10 @@ def test_mark_no_weight_decay():
     assert p.no_weight_decay is True
     assert LogitScale(10.0).log_scale.no_weight_decay is True
     assert "scale=10" in repr(LogitScale(10.0))
+
+
+def test_value_reports_the_clamped_scale_between_step_and_forward():
+    scale = LogitScale(10.0, max_scale=100.0)
+    with torch.no_grad():
+        scale.log_scale.fill_(10.0)  # as an optimiser step might leave it
+    assert scale.value == pytest.approx(100.0)

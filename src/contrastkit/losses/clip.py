@@ -11,6 +11,7 @@ from torch import nn
 
 from contrastkit.errors import (
     check_embeddings,
+    check_flag,
     check_has_negatives,
     check_labels,
     check_mask,
@@ -71,6 +72,7 @@ def clip_loss(
     label_smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     if bias is not None:
         bias = check_scalar(fn, "bias", bias)
+    if isinstance(bias, torch.Tensor) or bias:
         warnings.warn(
             "clip_loss: a scalar bias cancels in the softmax and receives zero gradient; "
             "it is only meaningful for siglip_loss.",
@@ -128,6 +130,7 @@ class CLIPLoss(nn.Module):
         super().__init__()
         max_scale = check_range("CLIPLoss", "max_scale", max_scale, 1.0, math.inf, high_open=True)
         init_temperature = check_range("CLIPLoss", "init_temperature", init_temperature, 1.0 / max_scale, 1.0)
+        learn_scale = check_flag("CLIPLoss", "learn_scale", learn_scale)
         self.logit_scale = LogitScale(1.0 / init_temperature, max_scale, learnable=learn_scale)
         self.label_smoothing = check_range("CLIPLoss", "label_smoothing", label_smoothing, 0.0, 1.0)
 
@@ -137,9 +140,19 @@ class CLIPLoss(nn.Module):
         return self.logit_scale.value
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, *, sample_ids: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        sample_ids: torch.Tensor | None = None,
+        ignore_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x, y: (B, D) paired embeddings -> scalar loss."""
+        """x, y: (B, D) paired embeddings -> scalar loss (``sample_ids``, ``ignore_mask``: see clip_loss)."""
         return clip_loss(
-            x, y, self.logit_scale(), label_smoothing=self.label_smoothing, sample_ids=sample_ids
+            x,
+            y,
+            self.logit_scale(),
+            label_smoothing=self.label_smoothing,
+            sample_ids=sample_ids,
+            ignore_mask=ignore_mask,
         )

@@ -11,6 +11,7 @@ from contrastkit.errors import (
     InputError,
     check_choice,
     check_embeddings,
+    check_flag,
     check_has_negatives,
     check_mask,
     check_range,
@@ -154,7 +155,8 @@ def hard_negative_info_nce(
         L_i  = -log( e^{l+_i} / (e^{l+_i} + Ng_i) )
 
     evaluated in log space. The floor N e^{-scale} is the smallest sum of negatives for
-    unit-norm embeddings (e^{-1/t} in the paper). beta = tau_plus = 0 gives plain InfoNCE
+    unit-norm embeddings (e^{-1/t} in the paper); for unnormalised inputs it is not a bound,
+    so normalise q and k. beta = tau_plus = 0 gives plain InfoNCE
     (NT-Xent when ``symmetric=True``). The importance weights are not detached.
 
     Args:
@@ -178,6 +180,7 @@ def hard_negative_info_nce(
     beta = check_range(fn, "beta", beta, 0.0, math.inf)
     tau_plus = check_range(fn, "tau_plus", tau_plus, 0.0, 1.0, high_open=True)
     check_choice(fn, "reduction", reduction, REDUCTIONS)
+    symmetric = check_flag(fn, "symmetric", symmetric)
     batch = q.shape[0]
     if batch < 2:
         raise InputError(f"{fn}: needs at least 2 pairs to have a negative; got a batch of {batch}.")
@@ -213,6 +216,4 @@ def hard_negative_info_nce(
     log_floor = math.log(n_neg) - scale
     log_ng = torch.maximum(log_ng, torch.as_tensor(log_floor, dtype=log_ng.dtype, device=q.device))
     loss = softplus(log_ng - positive_logit)
-    if reduction == "mean":
-        return loss.mean()
-    return loss.sum() if reduction == "sum" else loss
+    return reduce_anchor_losses(fn, loss, torch.ones_like(loss, dtype=torch.bool), reduction)

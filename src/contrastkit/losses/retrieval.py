@@ -13,6 +13,7 @@ from contrastkit.errors import (
     check_embeddings,
     check_finite,
     check_has_negatives,
+    check_nonzero_rows,
     check_range,
     check_same_device,
     check_scale,
@@ -45,11 +46,12 @@ def mnrl(
 
     Each anchor a_i scores the columns [p_1..p_B | n_{.,1} | ... | n_{.,M}] (every positive of
     the batch, then one block per mined-negative slot, as sentence-transformers lays them out)
-    with l_ij = scale * cos(a_i, c_j), and L = mean_i CE(l_i, i).
+    with l_ij = scale * cos(a_i, c_j), and L = mean_i CE(l_i, i). All-zero rows raise: their
+    cosine is undefined.
 
     With ``guide = (g_a, g_p, g_n)`` (a frozen guide model's embeddings of the same texts),
     the GISTEmbed loss adds the anchor-anchor and positive-positive blocks and removes every
-    candidate the guide rates at least as close as the true pair:
+    candidate the guide rates closer than the true pair (minus the margin):
 
         masked where g_ij > g_ii - m            (``margin_strategy="absolute"``)
                   or g_ij > g_ii - |g_ii| m     (``"relative"``)
@@ -85,6 +87,10 @@ def mnrl(
     candidates = positives
     if negatives is not None:
         candidates = torch.cat([positives, _negative_blocks(fn, "negatives", negatives, batch, dim)])
+    check_nonzero_rows(fn, "anchors", anchors)
+    check_nonzero_rows(fn, "positives", positives)
+    if negatives is not None:
+        check_nonzero_rows(fn, "negatives", negatives.reshape(-1, dim))
     check_has_negatives(fn, candidates.shape[0], f"there are {candidates.shape[0]} candidate(s)")
     logits = cosine_logits(anchors, candidates, scale)
     targets = torch.arange(batch, device=anchors.device)

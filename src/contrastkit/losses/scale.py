@@ -66,8 +66,8 @@ class LogitScale(nn.Module):
 
     @property
     def value(self) -> float:
-        """The current scale s as a float, for logging."""
-        return float(self.log_scale.detach().exp())
+        """The scale s the next forward will use (clamped), as a float, for logging."""
+        return float(self.log_scale.detach().clamp(self.log_min, self.log_max).exp())
 
     def forward(self) -> torch.Tensor:
         """The clamped scale s = exp(t), a 0-d tensor."""

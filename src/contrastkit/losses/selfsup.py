@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from contrastkit.errors import (
     InputError,
     check_embeddings,
+    check_flag,
     check_has_negatives,
+    check_nonzero_rows,
     check_same_device,
     check_temperature,
 )
@@ -20,6 +22,8 @@ def _unit_views(fn: str, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tens
     check_same_device(fn, z1=z1, z2=z2)
     z1 = check_embeddings(fn, "z1", z1)
     z2 = check_embeddings(fn, "z2", z2, rows=z1.shape[0], dim=z1.shape[1], like="z1")
+    check_nonzero_rows(fn, "z1", z1)
+    check_nonzero_rows(fn, "z2", z2)
     dtype = compute_dtype(z1, z2)
     return F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)
 
@@ -36,7 +40,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 
     Args:
         z1, z2: (N, D) the two augmented views, paired by row (normalised inside).
-        temperature: tau > 0 (SimCLR's default here 0.5; lightly uses 0.5, the paper 0.1).
+        temperature: tau > 0. The default 0.5 is lightly's; SimCLR's best with large batches
+            is 0.1.
 
     Reference: Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
     Representations", arXiv 2002.05709.
@@ -84,6 +89,8 @@ def dcl(
     z1, z2 = _unit_views(fn, z1, z2)
     temperature = check_temperature(fn, "temperature", temperature)
     sigma = check_temperature(fn, "sigma", sigma)
+    weighted = check_flag(fn, "weighted", weighted)
+    detach_weight = check_flag(fn, "detach_weight", detach_weight)
     n = z1.shape[0]
     if n < 2:
         raise InputError(f"{fn}: needs at least 2 pairs so that each anchor has a negative; got N={n}.")
