@@ -37,6 +37,11 @@ def assert_matches_reference(
             )
 
 
+def loop_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """<a, b> as a Python sum of element products (a 0-d tensor that autograd follows)."""
+    return sum(a[d] * b[d] for d in range(a.shape[0]))
+
+
 def loop_lse(values: list[torch.Tensor]) -> torch.Tensor:
     """log sum_j exp v_j over a Python list of 0-d tensors, shifted by the (constant) max."""
     top = max(float(v.detach()) for v in values)

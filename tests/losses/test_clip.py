@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_matches_reference, loop_lse, unit_rows
+from conftest import assert_matches_reference, loop_dot, loop_lse, unit_rows
 from contrastkit import CLIPLoss, InputError, NoPositivePairsError, clip_loss
 
 B, D = 5, 4
@@ -17,10 +17,6 @@ B, D = 5, 4
 # --------------------------------------------------------------------------------------------
 # loop reference
 # --------------------------------------------------------------------------------------------
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return sum(a[d] * b[d] for d in range(a.shape[0]))
 
 
 def ref_clip(
@@ -39,7 +35,7 @@ def ref_clip(
     n = x.shape[0]
     ids = list(range(n)) if sample_ids is None else list(sample_ids)
     dropped = [[bool(ignore and ignore[i][j]) and ids[i] != ids[j] for j in range(n)] for i in range(n)]
-    logit = [[scale * _dot(x[i], y[j]) + bias for j in range(n)] for i in range(n)]
+    logit = [[scale * loop_dot(x[i], y[j]) + bias for j in range(n)] for i in range(n)]
     rows = 0.0
     for i in range(n):
         pos = [j for j in range(n) if ids[j] == ids[i]]

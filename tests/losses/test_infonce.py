@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import loop_lse, loop_reduce, unit_rows
+from conftest import loop_dot, loop_lse, loop_reduce, unit_rows
 from contrastkit import InputError, NoPositivePairsError, hard_negative_info_nce, info_nce
 
 B, D = 5, 4
@@ -22,10 +22,6 @@ ATOL = 1e-10
 # --------------------------------------------------------------------------------------------
 # loop references
 # --------------------------------------------------------------------------------------------
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return sum(a[d] * b[d] for d in range(a.shape[0]))
 
 
 def ref_info_nce(
@@ -46,13 +42,13 @@ def ref_info_nce(
         for j in range(n_k):
             if ignore_mask is not None and bool(ignore_mask[i, j]):
                 continue
-            logit = scale * _dot(q[i], k[j])
+            logit = scale * loop_dot(q[i], k[j])
             is_pos = bool(positive_mask[i, j]) if positive_mask is not None else i == j
             (pos if is_pos else neg).append(logit)
         if extra is not None:
             rows = extra if extra.dim() == 2 else extra[i]
             for e in range(rows.shape[0]):
-                neg.append(scale * _dot(q[i], rows[e]))
+                neg.append(scale * loop_dot(q[i], rows[e]))
         if not pos:
             per_anchor.append(None)
             continue
@@ -93,8 +89,8 @@ def ref_hcl(
     per_anchor = []
     s = scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale), dtype=torch.float64)
     for _, anchor, pos_idx, neg_idx in anchors:
-        l_pos = s * _dot(anchor, cand[pos_idx])
-        l_neg = [s * _dot(anchor, cand[j]) for j in neg_idx]
+        l_pos = s * loop_dot(anchor, cand[pos_idx])
+        l_neg = [s * loop_dot(anchor, cand[j]) for j in neg_idx]
         n_neg = len(l_neg)
         reweighted = (
             n_neg * sum(torch.exp((1 + beta) * v) for v in l_neg) / sum(torch.exp(beta * v) for v in l_neg)
@@ -115,7 +111,7 @@ def ref_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch
     z = [z1[i] for i in range(n)] + [z2[i] for i in range(n)]
     total = 0.0
     for a in range(2 * n):
-        logits = {b: _dot(z[a], z[b]) / temperature for b in range(2 * n) if b != a}
+        logits = {b: loop_dot(z[a], z[b]) / temperature for b in range(2 * n) if b != a}
         total = total + loop_lse(list(logits.values())) - logits[(a + n) % (2 * n)]
     return total / (2 * n)
 

@@ -7,14 +7,10 @@ import math
 import pytest
 import torch
 
-from conftest import assert_matches_reference, unit_rows
+from conftest import assert_matches_reference, loop_dot, unit_rows
 from contrastkit import InputError, SigLIPLoss, siglip_loss
 
 B, D = 5, 4
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return sum(a[d] * b[d] for d in range(a.shape[0]))
 
 
 def ref_siglip(x, y, scale, bias, sample_ids=None):
@@ -24,7 +20,7 @@ def ref_siglip(x, y, scale, bias, sample_ids=None):
     total = 0.0
     for i in range(n):
         for j in range(n):
-            logit = scale * _dot(x[i], y[j]) + bias
+            logit = scale * loop_dot(x[i], y[j]) + bias
             z = 1.0 if ids[i] == ids[j] else -1.0
             total = total + torch.log(torch.sigmoid(z * logit))
     return -total / n

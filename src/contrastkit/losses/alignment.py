@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from contrastkit.errors import check_embeddings, check_nonzero_rows, check_same_device
-from contrastkit.functional import compute_dtype
+from contrastkit.losses.pairs import unit_pair
 
 
 def cosine_alignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -19,11 +17,6 @@ def cosine_alignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             being undefined).
     """
     fn = "cosine_alignment"
-    check_same_device(fn, x=x, y=y)
-    x = check_embeddings(fn, "x", x)
-    y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
-    check_nonzero_rows(fn, "x", x)
-    check_nonzero_rows(fn, "y", y)
-    dtype = compute_dtype(x, y)
-    cos = (F.normalize(x.to(dtype), dim=1) * F.normalize(y.to(dtype), dim=1)).sum(dim=1)
+    x, y = unit_pair(fn, x, y, ("x", "y"))
+    cos = (x * y).sum(dim=1)
     return (1 - cos).mean()

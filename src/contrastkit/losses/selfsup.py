@@ -7,25 +7,11 @@ import torch.nn.functional as F
 
 from contrastkit.errors import (
     InputError,
-    check_embeddings,
     check_flag,
     check_has_negatives,
-    check_nonzero_rows,
-    check_same_device,
     check_temperature,
 )
-from contrastkit.functional import compute_dtype
-
-
-def _unit_views(fn: str, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate two (N, D) views and L2-normalise them in the compute dtype."""
-    check_same_device(fn, z1=z1, z2=z2)
-    z1 = check_embeddings(fn, "z1", z1)
-    z2 = check_embeddings(fn, "z2", z2, rows=z1.shape[0], dim=z1.shape[1], like="z1")
-    check_nonzero_rows(fn, "z1", z1)
-    check_nonzero_rows(fn, "z2", z2)
-    dtype = compute_dtype(z1, z2)
-    return F.normalize(z1.to(dtype), dim=1), F.normalize(z2.to(dtype), dim=1)
+from contrastkit.losses.pairs import unit_pair
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -47,7 +33,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     Representations", arXiv 2002.05709.
     """
     fn = "nt_xent"
-    z1, z2 = _unit_views(fn, z1, z2)
+    z1, z2 = unit_pair(fn, z1, z2, ("z1", "z2"))
     temperature = check_temperature(fn, "temperature", temperature)
     n = z1.shape[0]
     check_has_negatives(fn, 2 * n - 1, f"N={n} gives each view only its partner")
@@ -86,7 +72,7 @@ def dcl(
     Reference: Yeh et al. 2022, "Decoupled Contrastive Learning", arXiv 2110.06848.
     """
     fn = "dcl"
-    z1, z2 = _unit_views(fn, z1, z2)
+    z1, z2 = unit_pair(fn, z1, z2, ("z1", "z2"))
     temperature = check_temperature(fn, "temperature", temperature)
     sigma = check_temperature(fn, "sigma", sigma)
     weighted = check_flag(fn, "weighted", weighted)
