@@ -72,13 +72,13 @@ def clip_loss(
     label_smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
     if bias is not None:
         bias = check_scalar(fn, "bias", bias)
-    if isinstance(bias, torch.Tensor) or bias:
-        warnings.warn(
-            "clip_loss: a scalar bias cancels in the softmax and receives zero gradient; "
-            "it is only meaningful for siglip_loss.",
-            UserWarning,
-            stacklevel=2,
-        )
+        if isinstance(bias, torch.Tensor) or bias != 0:
+            warnings.warn(
+                "clip_loss: a scalar bias cancels in the softmax and receives zero gradient; "
+                "it is only meaningful for siglip_loss.",
+                UserWarning,
+                stacklevel=2,
+            )
     batch = x.shape[0]
     check_has_negatives(fn, batch, f"the batch holds {batch} pair")
     logits = scaled_logits(x, y, scale, bias)
