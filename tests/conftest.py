@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +64,15 @@ def loop_reduce(per_anchor: list[torch.Tensor | None], reduction: str) -> torch.
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+_DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("CONTRASTKIT_SHARED_DATA", _DEFAULT_SHARED_DATA))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real data sets of ../shared/data (or $CONTRASTKIT_SHARED_DATA); skips when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (set CONTRASTKIT_SHARED_DATA to use it)")
+    return SHARED_DATA
