@@ -20,7 +20,16 @@ from contrastkit.errors import (
     check_scalar,
     check_scale,
 )
-from contrastkit.functional import multi_positive_cross_entropy, reduce_anchor_losses, scaled_logits
+from contrastkit.functional import (
+    choose_tiling,
+    compute_dtype,
+    group_sums,
+    multi_positive_cross_entropy,
+    reduce_anchor_losses,
+    resolve_chunk_size,
+    scaled_logits,
+    tiled_logsumexp,
+)
 from contrastkit.losses.scale import LogitScale
 
 
@@ -33,6 +42,7 @@ def clip_loss(
     label_smoothing: float = 0.0,
     sample_ids: torch.Tensor | None = None,
     ignore_mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over paired embeddings, as open_clip's ``ClipLoss``.
 
@@ -54,6 +64,11 @@ def clip_loss(
         ignore_mask: (B, B) bool; True at (i, j) drops y_j from x_i's candidates and x_i from
             y_j's (known duplicates, false negatives). It never removes a positive's own pair
             from the target, and smoothing spreads over the candidates that remain.
+        chunk_size: ``None`` picks the plain path while the B x B logits fit
+            ``PLAIN_LOGITS_BUDGET_BYTES`` and the tiled exact engine beyond; an int >= 1 tiles
+            with that many rows (one matmul per tile gives both the row and the column
+            log-sum-exp, O(B) memory, recomputed in backward); 0 never tiles. ``ignore_mask``
+            needs the plain path.
 
     Returns:
         The scalar loss, float32 (float64 for float64 input).
@@ -81,6 +96,12 @@ def clip_loss(
             )
     batch = x.shape[0]
     check_has_negatives(fn, batch, f"the batch holds {batch} pair")
+    if sample_ids is not None:
+        sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
+    unsupported = None if ignore_mask is None else "a (B, B) 'ignore_mask'"
+    chunk = choose_tiling(fn, chunk_size, batch, batch, compute_dtype(x, y), unsupported)
+    if chunk:
+        return _tiled_clip_loss(fn, x, y, scale, bias, label_smoothing, sample_ids, chunk)
     logits = scaled_logits(x, y, scale, bias)
     if sample_ids is None and ignore_mask is None:
         targets = torch.arange(batch, device=x.device)
@@ -91,7 +112,6 @@ def clip_loss(
     if sample_ids is None:
         positive = torch.eye(batch, dtype=torch.bool, device=x.device)
     else:
-        sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
         positive = sample_ids[:, None] == sample_ids[None, :]
     ignore_t = None
     if ignore_mask is not None:
@@ -100,6 +120,32 @@ def clip_loss(
     rows = multi_positive_cross_entropy(logits, positive, ignore_mask, label_smoothing=label_smoothing)
     cols = multi_positive_cross_entropy(logits.T, positive.T, ignore_t, label_smoothing=label_smoothing)
     return 0.5 * (reduce_anchor_losses(fn, *rows) + reduce_anchor_losses(fn, *cols))
+
+
+def _tiled_clip_loss(fn, x, y, scale, bias, label_smoothing, sample_ids, chunk):
+    """``clip_loss`` from tiled row and column LSEs; the targets are O(B D) (group sums)."""
+    dtype = compute_dtype(x, y)
+    x, y = x.to(dtype), y.to(dtype)
+    offset = 0.0 if bias is None else bias
+    r, c = tiled_logsumexp(x, y, scale, bias, chunk_size=chunk, cols=True)
+    valid = None
+    if sample_ids is None:
+        row_target = col_target = scale * (x * y).sum(1) + offset
+    else:
+        y_sums, counts, group = group_sums(y, sample_ids)
+        x_sums, _, _ = group_sums(x, sample_ids)
+        n_positive = counts[group]
+        row_target = scale * (x * y_sums[group]).sum(1) / n_positive + offset
+        col_target = scale * (y * x_sums[group]).sum(1) / n_positive + offset
+        valid = n_positive < x.shape[0]
+    if label_smoothing:
+        eps = label_smoothing
+        row_target = (1 - eps) * row_target + eps * (scale * (x @ y.mean(0)) + offset)
+        col_target = (1 - eps) * col_target + eps * (scale * (y @ x.mean(0)) + offset)
+    rows, cols = r - row_target, c - col_target
+    if valid is None:
+        return 0.5 * (rows.mean() + cols.mean())
+    return 0.5 * (reduce_anchor_losses(fn, rows[valid], valid) + reduce_anchor_losses(fn, cols[valid], valid))
 
 
 class CLIPLoss(nn.Module):
@@ -113,6 +159,7 @@ class CLIPLoss(nn.Module):
         max_scale: largest allowed scale (100 as in CLIP).
         learn_scale: False keeps the scale fixed at 1/init_temperature.
         label_smoothing: eps passed to ``clip_loss``.
+        chunk_size: passed to ``clip_loss`` (None: automatic tiling).
 
     Example:
         >>> criterion = CLIPLoss()
@@ -126,8 +173,12 @@ class CLIPLoss(nn.Module):
         max_scale: float = 100.0,
         learn_scale: bool = True,
         label_smoothing: float = 0.0,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
+        if chunk_size is not None:
+            resolve_chunk_size("CLIPLoss", chunk_size, 1, 1, torch.float32)
+        self.chunk_size = chunk_size
         max_scale = check_range("CLIPLoss", "max_scale", max_scale, 1.0, math.inf, high_open=True)
         init_temperature = check_range("CLIPLoss", "init_temperature", init_temperature, 1.0 / max_scale, 1.0)
         learn_scale = check_flag("CLIPLoss", "learn_scale", learn_scale)
@@ -155,4 +206,5 @@ class CLIPLoss(nn.Module):
             label_smoothing=self.label_smoothing,
             sample_ids=sample_ids,
             ignore_mask=ignore_mask,
+            chunk_size=self.chunk_size,
         )

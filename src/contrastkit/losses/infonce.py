@@ -21,12 +21,34 @@ from contrastkit.errors import (
 from contrastkit.functional import (
     MULTI_POSITIVE_MODES,
     REDUCTIONS,
+    choose_tiling,
     compute_dtype,
     multi_positive_cross_entropy,
     reduce_anchor_losses,
     scaled_logits,
     softplus,
+    tiled_logsumexp,
 )
+
+
+def tiled_diagonal_info_nce(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    scale: float | torch.Tensor,
+    chunk: int,
+    extra_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-query InfoNCE with key i the positive of query i, from tiled row LSEs.
+
+        L_i = LSE_j (scale <q_i, keys_j>  u  extra_logits_i) - scale <q_i, keys_i>
+
+    q: (B, D), keys: (M >= B, D) in the compute dtype; extra_logits: (B, K) per-query logits
+    added to the candidates. Returns (B,).
+    """
+    r, _ = tiled_logsumexp(q, keys, scale, chunk_size=chunk)
+    if extra_logits is not None:
+        r = torch.logaddexp(r, torch.logsumexp(extra_logits, dim=1))
+    return r - scale * (q * keys[: q.shape[0]]).sum(1)
 
 
 def info_nce(
@@ -39,6 +61,7 @@ def info_nce(
     reduction: str = "mean",
     ignore_mask: torch.Tensor | None = None,
     multi_positive: str = "mean",
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """One-directional InfoNCE: each query scores its positives against all candidates.
 
@@ -58,6 +81,9 @@ def info_nce(
             with NaN at queries without a positive.
         ignore_mask: (B, M) bool; True removes key j from query i's candidates.
         multi_positive: ``"mean"`` | ``"lse"`` | ``"exclusive"``.
+        chunk_size: ``None`` tiles automatically once the (B, M + K) logits outgrow
+            ``PLAIN_LOGITS_BUDGET_BYTES``; an int >= 1 tiles with that many rows; 0 never tiles.
+            The tiled path takes the default diagonal positives without masks.
 
     Returns:
         The loss (0-d, or (B,) for ``reduction="none"``), in float32 (float64 for float64 input).
@@ -98,7 +124,7 @@ def info_nce(
     if ignore_mask is not None:
         ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (batch, n_keys))
 
-    logits = scaled_logits(q, k, scale)
+    shared_negatives = per_query_negatives = None
     if extra_negatives is not None:
         extra_negatives = check_embeddings(
             fn,
@@ -109,16 +135,33 @@ def info_nce(
             dim=q.shape[1],
             like="q",
         )
+        if extra_negatives.dim() == 3 and extra_negatives.shape[0] != batch:
+            raise InputError(
+                f"{fn}: per-query 'extra_negatives' must have shape (B={batch}, K, D); got "
+                f"{tuple(extra_negatives.shape)}."
+            )
         if extra_negatives.dim() == 3:
-            if extra_negatives.shape[0] != batch:
-                raise InputError(
-                    f"{fn}: per-query 'extra_negatives' must have shape (B={batch}, K, D); got "
-                    f"{tuple(extra_negatives.shape)}."
-                )
-            dtype = compute_dtype(q, extra_negatives)
-            extra = scale * torch.einsum("bd,bkd->bk", q.to(dtype), extra_negatives.to(dtype))
+            per_query_negatives = extra_negatives
         else:
-            extra = scaled_logits(q, extra_negatives, scale)
+            shared_negatives = extra_negatives
+    dtype = compute_dtype(q, k) if extra_negatives is None else compute_dtype(q, k, extra_negatives)
+    n_candidates = n_keys + (0 if extra_negatives is None else extra_negatives.shape[-2])
+    extra = None
+    if per_query_negatives is not None:
+        extra = scale * torch.einsum("bd,bkd->bk", q.to(dtype), per_query_negatives.to(dtype))
+    plain_only = positive_mask is not None or ignore_mask is not None or multi_positive != "mean"
+    unsupported = "positive_mask, ignore_mask or multi_positive" if plain_only else None
+    chunk = choose_tiling(fn, chunk_size, batch, n_candidates, dtype, unsupported)
+    if chunk:
+        check_has_negatives(fn, n_candidates, f"there are {n_candidates} candidate(s)")
+        keys = k.to(dtype) if shared_negatives is None else torch.cat([k, shared_negatives]).to(dtype)
+        loss = tiled_diagonal_info_nce(q.to(dtype), keys, scale, chunk, extra)
+        return reduce_anchor_losses(fn, loss, torch.ones_like(loss, dtype=torch.bool), reduction)
+
+    logits = scaled_logits(q, k, scale)
+    if shared_negatives is not None:
+        extra = scaled_logits(q, shared_negatives, scale)
+    if extra is not None:
         logits = torch.cat([logits, extra], dim=1)
 
     if positive_mask is None and ignore_mask is None and multi_positive == "mean":

@@ -19,7 +19,8 @@ from contrastkit.errors import (
     check_scale,
     check_tensor,
 )
-from contrastkit.functional import compute_dtype, cosine_logits
+from contrastkit.functional import choose_tiling, compute_dtype, cosine_logits
+from contrastkit.losses.infonce import tiled_diagonal_info_nce
 
 
 def _negative_blocks(fn: str, name: str, negatives: torch.Tensor, batch: int, dim: int | None):
@@ -41,6 +42,7 @@ def mnrl(
     guide: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
     margin: float = 0.0,
     margin_strategy: str = "absolute",
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Multiple-negatives ranking loss with optional mined negatives and GISTEmbed masking.
 
@@ -68,6 +70,8 @@ def mnrl(
         guide: (g_a (B, G), g_p (B, G), g_n (B, G) / (B, M, G) or None) guide embeddings.
         margin: m >= 0.
         margin_strategy: ``"absolute"`` or ``"relative"``.
+        chunk_size: tiling as in ``info_nce`` (None: automatic; 0: never). GISTEmbed masking
+            needs the plain path.
 
     References: Henderson et al. 2017, arXiv 1705.00652; Solatorio 2024, "GISTEmbed",
     arXiv 2402.16829.
@@ -92,6 +96,13 @@ def mnrl(
     if negatives is not None:
         check_nonzero_rows(fn, "negatives", negatives.reshape(-1, dim))
     check_has_negatives(fn, candidates.shape[0], f"there are {candidates.shape[0]} candidate(s)")
+    dtype = compute_dtype(anchors, candidates)
+    unsupported = None if guide is None else "GISTEmbed 'guide' masking"
+    chunk = choose_tiling(fn, chunk_size, batch, candidates.shape[0], dtype, unsupported)
+    if chunk:
+        unit_anchors = F.normalize(anchors.to(dtype), dim=1)
+        unit_candidates = F.normalize(candidates.to(dtype), dim=1)
+        return tiled_diagonal_info_nce(unit_anchors, unit_candidates, scale, chunk).mean()
     logits = cosine_logits(anchors, candidates, scale)
     targets = torch.arange(batch, device=anchors.device)
     if guide is None:

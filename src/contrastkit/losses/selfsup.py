@@ -11,10 +11,13 @@ from contrastkit.errors import (
     check_has_negatives,
     check_temperature,
 )
+from contrastkit.functional import choose_tiling, tiled_logsumexp
 from contrastkit.losses.pairs import unit_pair
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, *, chunk_size: int | None = None
+) -> torch.Tensor:
     """NT-Xent (SimCLR) over the 2N views, with cosine similarity.
 
     Z = [z1; z2] normalised, l_ab = <Z_a, Z_b> / temperature, the positive of a is a +- N:
@@ -28,6 +31,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
         z1, z2: (N, D) the two augmented views, paired by row (normalised inside).
         temperature: tau > 0. The default 0.5 is lightly's; SimCLR's best with large batches
             is 0.1.
+        chunk_size: ``None`` tiles automatically once the (2N, 2N) logits outgrow
+            ``PLAIN_LOGITS_BUDGET_BYTES``; an int >= 1 tiles with that many rows; 0 never tiles.
 
     Reference: Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
     Representations", arXiv 2002.05709.
@@ -38,6 +43,10 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     n = z1.shape[0]
     check_has_negatives(fn, 2 * n - 1, f"N={n} gives each view only its partner")
     z = torch.cat([z1, z2])
+    chunk = choose_tiling(fn, chunk_size, 2 * n, 2 * n, z.dtype)
+    if chunk:
+        lse, _ = tiled_logsumexp(z, z, 1.0 / temperature, chunk_size=chunk, skip_diagonal=True)
+        return (lse - ((z1 * z2).sum(1) / temperature).repeat(2)).mean()
     logits = (z @ z.T) / temperature
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)

@@ -15,7 +15,15 @@ from contrastkit.errors import (
     check_scalar,
     check_scale,
 )
-from contrastkit.functional import scaled_logits, softplus
+from contrastkit.functional import (
+    choose_tiling,
+    compute_dtype,
+    group_sums,
+    resolve_chunk_size,
+    scaled_logits,
+    softplus,
+    tiled_softplus_sum,
+)
 from contrastkit.losses.scale import LogitScale, mark_no_weight_decay
 
 
@@ -26,6 +34,7 @@ def siglip_loss(
     bias: float | torch.Tensor,
     *,
     sample_ids: torch.Tensor | None = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Sigmoid loss over every pair of the batch.
 
@@ -40,6 +49,10 @@ def siglip_loss(
         scale: multiplicative logit scale s >= 0 (init 10 in the paper).
         bias: scalar logit bias (init -10 in the paper), float or 0-d tensor.
         sample_ids: (B,) integer ids; equal ids are positives (default: the diagonal).
+        chunk_size: ``None`` tiles automatically once the B x B logits outgrow
+            ``PLAIN_LOGITS_BUDGET_BYTES``; an int >= 1 sums softplus over tiles of that many rows
+            (recomputed in backward, O(B) memory); 0 never tiles and is bit-identical to the
+            plain formula.
 
     Returns:
         The scalar loss, float32 (float64 for float64 input).
@@ -52,12 +65,24 @@ def siglip_loss(
     y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
     scale = check_scale(fn, "scale", scale)
     bias = check_scalar(fn, "bias", bias)
-    logits = scaled_logits(x, y, scale, bias)
     batch = x.shape[0]
+    if sample_ids is not None:
+        sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
+    dtype = compute_dtype(x, y)
+    chunk = choose_tiling(fn, chunk_size, batch, batch, dtype)
+    if chunk:
+        x, y = x.to(dtype), y.to(dtype)
+        if sample_ids is None:
+            positive_sum = scale * (x * y).sum() + batch * bias
+        else:
+            x_sums, counts, _ = group_sums(x, sample_ids)
+            y_sums, _, _ = group_sums(y, sample_ids)
+            positive_sum = scale * (x_sums * y_sums).sum() + (counts * counts).sum() * bias
+        return (tiled_softplus_sum(x, y, scale, bias, chunk_size=chunk) - positive_sum) / batch
+    logits = scaled_logits(x, y, scale, bias)
     if sample_ids is None:
         positive_sum = logits.diagonal().sum()
     else:
-        sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
         positive = sample_ids[:, None] == sample_ids[None, :]
         positive_sum = torch.where(positive, logits, 0.0).sum()
     return (softplus(logits).sum() - positive_sum) / batch
@@ -74,10 +99,20 @@ class SigLIPLoss(nn.Module):
         init_bias: initial bias (-10 as in SigLIP): it offsets the B^2 - B negatives so the
             loss starts near its optimum for an untrained model.
         max_scale: largest allowed scale.
+        chunk_size: passed to ``siglip_loss`` (None: automatic tiling).
     """
 
-    def __init__(self, init_scale: float = 10.0, init_bias: float = -10.0, max_scale: float = 100.0) -> None:
+    def __init__(
+        self,
+        init_scale: float = 10.0,
+        init_bias: float = -10.0,
+        max_scale: float = 100.0,
+        chunk_size: int | None = None,
+    ) -> None:
         super().__init__()
+        if chunk_size is not None:
+            resolve_chunk_size("SigLIPLoss", chunk_size, 1, 1, torch.float32)
+        self.chunk_size = chunk_size
         max_scale = check_range("SigLIPLoss", "max_scale", max_scale, 1.0, math.inf, high_open=True)
         init_scale = check_range("SigLIPLoss", "init_scale", init_scale, 1.0, max_scale)
         self.logit_scale = LogitScale(init_scale, max_scale)
@@ -93,4 +128,6 @@ class SigLIPLoss(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor, *, sample_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x, y: (B, D) paired embeddings -> scalar loss."""
-        return siglip_loss(x, y, self.logit_scale(), self.bias, sample_ids=sample_ids)
+        return siglip_loss(
+            x, y, self.logit_scale(), self.bias, sample_ids=sample_ids, chunk_size=self.chunk_size
+        )

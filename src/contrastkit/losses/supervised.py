@@ -13,10 +13,14 @@ from contrastkit.errors import (
     check_temperature,
 )
 from contrastkit.functional import (
+    choose_tiling,
+    compute_dtype,
+    group_sums,
     multi_positive_cross_entropy,
     reduce_anchor_losses,
     scaled_logits,
     stack_views,
+    tiled_logsumexp,
 )
 
 
@@ -29,6 +33,7 @@ def supcon(
     positive_mask: torch.Tensor | None = None,
     ignore_mask: torch.Tensor | None = None,
     reduction: str = "mean",
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """SupCon, L_out form, over one or several views per sample.
 
@@ -50,6 +55,10 @@ def supcon(
         ignore_mask: (N, N) bool over samples; True drops sample j's views from i's candidates.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` -> (V*N,) view-major, NaN where an
             anchor has no positive.
+        chunk_size: ``None`` tiles automatically once the (V N, V N) logits outgrow
+            ``PLAIN_LOGITS_BUDGET_BYTES``; an int >= 1 tiles with that many rows; 0 never tiles.
+            The tiled path takes ``labels`` (positive terms from per-class sums, O(N D)); masks
+            need the plain path.
 
     Reference: Khosla et al. 2020, "Supervised Contrastive Learning", arXiv 2004.11362.
     """
@@ -72,8 +81,32 @@ def supcon(
         ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (n, n))
 
     stacked, views = stack_views(z)
+    masked = positive_mask is not None or ignore_mask is not None
+    unsupported = "positive_mask or ignore_mask" if masked else None
+    chunk = choose_tiling(fn, chunk_size, views * n, views * n, compute_dtype(z), unsupported)
+    if chunk:
+        loss, valid = _tiled_supcon(stacked, labels.repeat(views), temperature, chunk)
+        return reduce_anchor_losses(fn, (temperature / base) * loss, valid, reduction)
     self_pair = torch.eye(views * n, dtype=torch.bool, device=z.device)
     ignore = self_pair if ignore_mask is None else self_pair | ignore_mask.repeat(views, views)
     logits = scaled_logits(stacked, stacked, 1.0 / temperature)
     loss, valid = multi_positive_cross_entropy(logits, same_class.repeat(views, views), ignore)
     return reduce_anchor_losses(fn, (temperature / base) * loss, valid, reduction)
+
+
+def _tiled_supcon(
+    z: torch.Tensor, labels: torch.Tensor, temperature: float, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SupCon's per-anchor loss from tiled LSEs (self excluded) and per-class sums.
+
+    For anchor a of class c with S_c the sum of class c's rows and n_c its size:
+        sum_{p in P(a)} l_ap = (<z_a, S_c> - <z_a, z_a>) / tau,  |P(a)| = n_c - 1.
+    z: (n, D) stacked views, labels: (n,). Returns (loss of the valid anchors, valid (n,)).
+    """
+    z = z.to(compute_dtype(z))
+    lse, _ = tiled_logsumexp(z, z, 1.0 / temperature, chunk_size=chunk, skip_diagonal=True)
+    sums, counts, group = group_sums(z, labels)
+    n_positive = counts[group] - 1
+    valid = (n_positive > 0) & (counts[group] < z.shape[0])
+    positive_mean = ((z * sums[group]).sum(1) - (z * z).sum(1)) / (temperature * n_positive.clamp(min=1))
+    return (lse - positive_mean)[valid], valid

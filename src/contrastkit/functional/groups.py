@@ -1,0 +1,21 @@
+"""Per-group sums: the O(B D) positive terms of a loss whose positives share an id."""
+
+from __future__ import annotations
+
+import torch
+
+
+def group_sums(values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum the rows of ``values`` per distinct id.
+
+    Args:
+        values: (B, D) rows.
+        ids: (B,) integer ids.
+
+    Returns:
+        (sums (G, D), counts (G,) in the dtype of ``values``, group (B,) the group index of each row),
+        for the G distinct ids in sorted order. Differentiable in ``values``.
+    """
+    _, group, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    sums = values.new_zeros(counts.shape[0], values.shape[1]).index_add(0, group, values)
+    return sums, counts.to(values.dtype), group
