@@ -1,0 +1,67 @@
+"""Data: sources (manifests, WebDataset shards, built-in sets), transforms, tokenizers, samplers.
+
+A source yields raw records (``{"image": path, "text": str, "group": ..., "label": int}``);
+``ContrastiveDataset`` applies the per-modality transforms and turns unloadable records into
+``BadRecord`` values; ``Collator`` builds the batch dict (see the contract in docs) and lists the
+bad records it dropped; ``BadRecordLog`` raises ``DataError`` when too many are bad.
+
+Example:
+    >>> src = get_source("shapes", "train", n=256)
+    >>> data = ContrastiveDataset(src, {"image": ImageTransform(64, train=True)})
+    >>> sampler = NoDuplicatesBatchSampler(src.groups()[1], batch_size=32)
+    >>> collate = Collator({"text": ByteTokenizer(64)})
+    >>> loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate)  # doctest: +SKIP
+"""
+
+from contrastkit.data.badrecords import BadRecord, BadRecordLog, DataError
+from contrastkit.data.builtin import (
+    SOURCES,
+    DigitsSource,
+    LabelCaptionSource,
+    default_data_root,
+    get_source,
+)
+from contrastkit.data.dataset import Collator, ContrastiveDataset
+from contrastkit.data.manifest import ManifestSource
+from contrastkit.data.samplers import ClassBalancedBatchSampler, NoDuplicatesBatchSampler
+from contrastkit.data.shapes import ShapesSource
+from contrastkit.data.shards import ShardSource, expand_shard_urls
+from contrastkit.data.sources import MODALITIES, ListSource, Source
+from contrastkit.data.tokenize import BPETokenizer, ByteTokenizer, pad_sequences
+from contrastkit.data.transforms import ImageTransform, SeriesTransform, TextTransform, load_image
+
+__all__ = [
+    "MODALITIES",
+    "SOURCES",
+    "BPETokenizer",
+    "BadRecord",
+    "BadRecordLog",
+    "ByteTokenizer",
+    "ClassBalancedBatchSampler",
+    "Collator",
+    "ContrastiveDataset",
+    "DataError",
+    "DigitsSource",
+    "ImageTransform",
+    "LabelCaptionSource",
+    "ListSource",
+    "ManifestSource",
+    "NoDuplicatesBatchSampler",
+    "SeriesTransform",
+    "ShapesSource",
+    "ShardSource",
+    "Source",
+    "TextTransform",
+    "default_data_root",
+    "expand_shard_urls",
+    "get_source",
+    "load_image",
+    "pad_sequences",
+]
+
+try:  # the BEIR reader is written separately; the package works without it
+    from contrastkit.data.beir import load_beir
+except ImportError:  # pragma: no cover
+    pass
+else:
+    __all__ += ["load_beir"]

@@ -1,0 +1,33 @@
+"""Evaluation of embeddings: retrieval, BEIR-style IR metrics, zero-shot, probes and geometry.
+
+Every function works on given embeddings (no model calls, except ``class_embeddings`` which takes
+a text encoder), is exact and deterministic, and scores large sets in query chunks.
+"""
+
+from contrastkit.eval.geometry import (
+    alignment,
+    mean_matched_cosine,
+    modality_gap,
+    representation_metrics,
+    uniformity,
+)
+from contrastkit.eval.ir import ir_metrics
+from contrastkit.eval.probe import knn_accuracy, linear_probe_accuracy
+from contrastkit.eval.retrieval import paired_retrieval, retrieval_ranks, top_k_neighbours
+from contrastkit.eval.zeroshot import class_embeddings, zero_shot_accuracy
+
+__all__ = [
+    "alignment",
+    "class_embeddings",
+    "ir_metrics",
+    "knn_accuracy",
+    "linear_probe_accuracy",
+    "mean_matched_cosine",
+    "modality_gap",
+    "paired_retrieval",
+    "representation_metrics",
+    "retrieval_ranks",
+    "top_k_neighbours",
+    "uniformity",
+    "zero_shot_accuracy",
+]

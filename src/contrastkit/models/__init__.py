@@ -1,0 +1,31 @@
+"""Towers (image, text, series, pretrained adapters), projection heads and ContrastiveModel.
+
+A tower is an nn.Module with ``output_dim`` whose forward maps its modality's batch to
+(B, output_dim) features; ContrastiveModel adds one projection head per modality, the clamped
+logit scale and the optional logit bias. ``build_tower`` / ``build_model`` build them from config
+dicts.
+"""
+
+from contrastkit.models.adapters import HFTextTower, HFTokenizer, TimmImageTower
+from contrastkit.models.builders import TOWERS, build_model, build_tower
+from contrastkit.models.contrastive import ContrastiveModel
+from contrastkit.models.heads import ProjectionHead
+from contrastkit.models.image import ImageCNN, ImageViT
+from contrastkit.models.series import SeriesCNN, SeriesPatchTransformer
+from contrastkit.models.text import TextTransformer
+
+__all__ = [
+    "TOWERS",
+    "ContrastiveModel",
+    "HFTextTower",
+    "HFTokenizer",
+    "ImageCNN",
+    "ImageViT",
+    "ProjectionHead",
+    "SeriesCNN",
+    "SeriesPatchTransformer",
+    "TextTransformer",
+    "TimmImageTower",
+    "build_model",
+    "build_tower",
+]

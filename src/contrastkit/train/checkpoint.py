@@ -1,0 +1,193 @@
+"""Checkpoints as safetensors (weights, optimizer tensors, RNG) plus JSON (everything else).
+
+A checkpoint is a folder ``checkpoints/step-000300/`` with ``model.safetensors``,
+``optimizer.safetensors`` and ``state.json`` (step, resolved config, optimizer hyper-parameters,
+Python/NumPy RNG, data position, extras). It is written into a hidden temporary folder and
+renamed into place, so a crash never leaves a half-written checkpoint under its final name;
+nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from contrastkit.errors import ContrastkitError
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+PREFIX = "step-"
+
+
+class CheckpointError(ContrastkitError, ValueError):
+    """A checkpoint that is missing, truncated or does not fit the model; the message names it."""
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The torch (CPU, CUDA) generator states as tensors and the Python/NumPy ones as JSON."""
+    tensors = {"rng.torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.torch_cuda.{i}"] = state
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    plain = {
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "python": [version, list(internal), gauss_next],
+    }
+    return tensors, plain
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.torch_cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, keys, pos, has_gauss, gauss = plain["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = plain["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in plain["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and keep only the newest ``keep``.
+
+    ``state`` is JSON-serialisable (config, data position, scaler, extras); the step, the optimizer
+    hyper-parameters and the RNG states are added here.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(weights, tmp / MODEL_FILE)
+    optim_tensors, optim_plain = _optimizer_tensors(optimizer)
+    rng_tensors, rng_plain = rng_state()
+    save_file({**optim_tensors, **rng_tensors}, tmp / OPTIMIZER_FILE)
+    payload = {**state, "step": step, "optimizer": optim_plain, "rng": rng_plain}
+    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
+    for path in tmp.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from itself, a run directory (its newest) or a ``checkpoints/`` folder."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file() or (path / MODEL_FILE).is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found and path.name == "checkpoints":
+        found = list_checkpoints(path.parent)
+    if not found:
+        raise CheckpointError(
+            f"no checkpoint at {path}: expected a checkpoint folder (with {MODEL_FILE} and {STATE_FILE}) "
+            f"or a run directory with checkpoints/{PREFIX}NNNNNN inside. Train one with `contrastkit train`."
+        )
+    return found[-1]
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint: ``{"path", "model": weights, "optimizer": state dict or None, "rng",
+    "state": the JSON payload}``. Every failure names the file and what to do."""
+    path = resolve_checkpoint(path)
+    try:
+        payload = json.loads((path / STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} has no {STATE_FILE}; it is incomplete.") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint {path}/{STATE_FILE} is corrupt or truncated ({err}).") from None
+    tensors = {}
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} has no {name}; it is incomplete.")
+        try:
+            tensors[name] = load_file(file)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(
+                f"checkpoint file {file} is corrupt or truncated ({err}). Use an earlier checkpoint "
+                f"(they are kept under {path.parent})."
+            ) from None
+    extra = tensors[OPTIMIZER_FILE]
+    rng = {k: v for k, v in extra.items() if k.startswith("rng.")}
+    optimizer = _optimizer_state(extra, payload["optimizer"]) if "optimizer" in payload else None
+    return {"path": path, "model": tensors[MODEL_FILE], "optimizer": optimizer, "rng": rng, "state": payload}
+
+
+def restore(
+    checkpoint: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    restore_rng: bool = True,
+) -> None:
+    """Load weights (strictly: every key must match), optimizer state and RNG states."""
+    missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {checkpoint['path']} does not fit the model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}. Was it written with another model config?"
+        )
+    if optimizer is not None and checkpoint["optimizer"] is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if restore_rng:
+        set_rng_state(checkpoint["rng"], checkpoint["state"]["rng"])

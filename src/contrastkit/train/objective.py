@@ -1,0 +1,102 @@
+"""How a batch of embeddings becomes a loss: any registered loss, with the model's scale and bias.
+
+Two shapes of training are supported:
+
+- **paired**: a model with two modalities (image-text, series-text, ...) and a pair loss over
+  (first modality, second modality);
+- **views**: a one-modality model fed ``data.views >= 2`` augmented views per item, with a pair
+  loss over (view 1, view 2) (SimCLR: ``nt_xent``) or ``supcon`` over all views with labels.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from contrastkit.losses import get_loss
+from contrastkit.models import ContrastiveModel
+from contrastkit.train.config import Config, ConfigError
+
+# loss name -> how the model's learnable values enter it
+SCALED = {"clip", "info_nce", "mnrl", "hard_negative_info_nce"}
+SCALED_WITH_BIAS = {"siglip"}
+UNSCALED_PAIR = {"nt_xent", "dcl", "cosine_alignment"}
+LABELLED = {"supcon"}
+TRAINABLE = SCALED | SCALED_WITH_BIAS | UNSCALED_PAIR | LABELLED
+
+
+def _check_options(fn: Callable[..., Any], name: str, options: Mapping[str, Any], fixed: set[str]) -> None:
+    params = inspect.signature(fn).parameters
+    allowed = sorted(p for p in params if p not in fixed and params[p].default is not inspect.Parameter.empty)
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(
+                f"loss.options.{key}: not an option of {name}; valid options: {', '.join(allowed)}."
+            )
+
+
+def build_objective(
+    config: Config, model: ContrastiveModel
+) -> Callable[[dict[str, torch.Tensor], dict], torch.Tensor]:
+    """``objective(embeddings, batch) -> loss`` for the configured loss and model.
+
+    ``embeddings`` maps each modality to (B, D), or (B * V, D) for V views stacked item-major.
+    """
+    name, options = config.loss.name, dict(config.loss.options)
+    if name not in TRAINABLE:
+        raise ConfigError(
+            f"loss.name: {name!r} is not a training objective of the trainer; choose one of "
+            f"{', '.join(sorted(TRAINABLE))}."
+        )
+    fn = get_loss(name)
+    modalities = model.modalities
+    views = config.data.views
+    if len(modalities) == 1 and views < 2 and name not in LABELLED:
+        raise ConfigError(
+            f"data.views: a one-modality model ({modalities[0]}) needs data.views >= 2 to form pairs "
+            f"for {name}."
+        )
+    if len(modalities) > 2:
+        raise ConfigError(f"model.towers: the trainer pairs two modalities; got {list(modalities)}.")
+    if name in SCALED_WITH_BIAS and model.bias() is None:
+        raise ConfigError("model.init_bias: siglip needs a learnable bias; set model.init_bias (e.g. -10).")
+    fixed = {"scale", "bias", "labels", "sample_ids"}
+    _check_options(fn, name, options, fixed)
+
+    def pair(embeddings: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(modalities) == 2:
+            return embeddings[modalities[0]], embeddings[modalities[1]]
+        z = embeddings[modalities[0]]
+        z = z.reshape(-1, views, z.shape[-1])
+        return z[:, 0], z[:, 1]
+
+    def objective(embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        if name in LABELLED:
+            if "label" not in batch:
+                raise ConfigError(f"loss.name: {name} needs labels; the training data has none.")
+            z = embeddings[modalities[0]]
+            z = z.reshape(-1, views, z.shape[-1]) if views > 1 else z
+            return fn(z, batch["label"].to(z.device), **options)
+        x, y = pair(embeddings)
+        if name in SCALED_WITH_BIAS:
+            return fn(x, y, model.scale(), model.bias(), **options)
+        if name == "mnrl":
+            return fn(x, y, scale=model.scale(), **options)
+        if name in SCALED:
+            return fn(x, y, model.scale(), **options)
+        return fn(x, y, **options)
+
+    return objective
+
+
+def flatten_views(batch: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, Any]:
+    """(B, V, ...) view stacks -> (B * V, ...) item-major, for the towers."""
+    out = dict(batch)
+    for modality in modalities:
+        value = batch.get(modality)
+        if isinstance(value, torch.Tensor) and modality == "image" and value.dim() == 5:
+            out[modality] = value.flatten(0, 1)
+    return out

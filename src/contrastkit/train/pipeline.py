@@ -1,0 +1,162 @@
+"""From a config to data: sources, transforms (with augmented views), tokenizer, sampler, loader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contrastkit.data import (
+    BPETokenizer,
+    ByteTokenizer,
+    ClassBalancedBatchSampler,
+    Collator,
+    ContrastiveDataset,
+    ImageTransform,
+    ManifestSource,
+    NoDuplicatesBatchSampler,
+    ShardSource,
+    Source,
+    get_source,
+)
+from contrastkit.errors import InputError
+from contrastkit.train.config import Config, ConfigError
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def build_source(spec: dict[str, Any], key: str) -> Source:
+    """A source from a ``data.train`` / ``data.eval`` spec; errors are prefixed with the key."""
+    options = dict(spec)
+    try:
+        if "name" in options:
+            name = options.pop("name")
+            return get_source(name, options.pop("split", "train"), options.pop("root", None), **options)
+        if "manifest" in options:
+            return ManifestSource(options.pop("manifest"), **options)
+        return ShardSource(options.pop("shards"), **options)
+    except (InputError, TypeError) as err:
+        raise ConfigError(f"data.{key}: {err}") from None
+
+
+class MultiView:
+    """Apply a random transform ``views`` times to one item -> (views, ...) stacked."""
+
+    def __init__(self, transform: Any, views: int) -> None:
+        self.transform, self.views = transform, views
+
+    def __call__(self, item: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.stack([self.transform(item, generator=generator) for _ in range(self.views)])
+
+
+def image_transforms(config: Config, train: bool) -> dict[str, Any]:
+    """``{"image": ...}``: augmented (and multi-view) for training, deterministic for evaluation."""
+    size = config.data.image_size
+    if not train:
+        return {"image": ImageTransform(size, train=False)}
+    transform = ImageTransform(size, train=config.data.augment)
+    return {"image": MultiView(transform, config.data.views) if config.data.views > 1 else transform}
+
+
+def build_tokenizer(config: Config, source: Source, run_dir: Path | None, model_tokenizer: Any = None) -> Any:
+    """The text tokenizer of a run: byte-level, a BPE trained on the training captions (saved in
+    ``run_dir``), or the text tower's own (``data.tokenizer: model``)."""
+    data = config.data
+    if data.tokenizer == "byte":
+        return ByteTokenizer(data.max_length)
+    if data.tokenizer == "model":
+        if model_tokenizer is None:
+            raise ConfigError(
+                "data.tokenizer: 'model' needs a text tower that carries a tokenizer (type: hf)."
+            )
+        return model_tokenizer
+    saved = None if run_dir is None else run_dir / TOKENIZER_FILE
+    if saved is not None and saved.is_file():
+        return BPETokenizer.load(saved)
+    texts = [source[i]["text"] for i in range(len(source))]
+    tokenizer = BPETokenizer.train(
+        [t for t in texts if isinstance(t, str) and t.strip()], data.vocab_size, data.max_length
+    )
+    if saved is not None:
+        tokenizer.save(saved)
+    return tokenizer
+
+
+def build_sampler(config: Config, source: Source) -> torch.utils.data.Sampler:
+    """The batch sampler: no duplicate groups per batch, class-balanced, or plain random."""
+    data, batch = config.data, config.train.batch_size
+    try:
+        if data.sampler == "class_balanced":
+            labels = source.labels()
+            if labels is None:
+                raise ConfigError(
+                    f"data.sampler: 'class_balanced' needs labels; source {source.name!r} has none."
+                )
+            if data.classes_per_batch * data.samples_per_class != batch:
+                raise ConfigError(
+                    f"data.classes_per_batch x data.samples_per_class = "
+                    f"{data.classes_per_batch * data.samples_per_class} must equal train.batch_size "
+                    f"({batch})."
+                )
+            return ClassBalancedBatchSampler(
+                labels, data.classes_per_batch, data.samples_per_class, config.seed
+            )
+        groups = source.groups()[1] if data.sampler == "no_duplicates" else torch.arange(len(source))
+        return NoDuplicatesBatchSampler(groups, batch, seed=config.seed, drop_last=True)
+    except InputError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"data.sampler: {err}") from None
+
+
+class BatchStream:
+    """Endless training batches with a resumable position ``{"epoch", "batch"}``.
+
+    The position counts the batches handed out (not those a DataLoader worker prefetched), so a
+    checkpoint taken after step k resumes with batch k + 1, augmentations included (they are
+    seeded by (seed, epoch, index)).
+    """
+
+    def __init__(self, config: Config, source: Source, tokenizers: dict[str, Any]) -> None:
+        transforms = image_transforms(config, train=True) if "image" in source.modalities else {}
+        self.dataset = ContrastiveDataset(source, transforms, config.seed)
+        self.sampler = build_sampler(config, source)
+        if len(self.sampler) == 0:
+            raise ConfigError(
+                f"train.batch_size: {config.train.batch_size} leaves no full batch in {len(source)} records; "
+                f"lower it."
+            )
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            collate_fn=Collator(tokenizers),
+            num_workers=config.data.num_workers,
+        )
+        self.epoch, self.consumed = 0, 0
+        self._iterator: Iterator[dict[str, Any]] | None = None
+
+    def position(self) -> dict[str, int]:
+        """Where the next batch comes from."""
+        return {"epoch": self.epoch, "batch": self.consumed}
+
+    def seek(self, position: dict[str, int]) -> None:
+        """Continue from a saved ``position``."""
+        self.epoch, self.consumed = int(position["epoch"]), int(position["batch"])
+        self._iterator = None
+
+    def next(self) -> dict[str, Any]:
+        """The next batch (dict of the data contract, with ``"bad"`` records listed)."""
+        while True:
+            if self._iterator is None:
+                self.dataset.set_epoch(self.epoch)
+                self.sampler.set_epoch(self.epoch, self.consumed)
+                self._iterator = iter(self.loader)
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self.epoch, self.consumed, self._iterator = self.epoch + 1, 0, None
+                continue
+            self.consumed += 1
+            return batch

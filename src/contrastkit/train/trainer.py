@@ -1,0 +1,418 @@
+"""The Trainer: one config -> a run directory with a trained model, its metrics and its report.
+
+Run directory:
+    config.yaml      the resolved config
+    log.csv          step, epoch, loss, scale, (bias,) lr, samples_per_s, elapsed_s
+    metrics.json     final metrics, flat keys (``retrieval/i2t_R@1``, ``zeroshot/top1``, ...)
+    checkpoints/     step-NNNNNN/ (safetensors + JSON), the newest ``train.keep_checkpoints``
+    eval/            similarity matrix, example retrievals, thumbnails (for the report)
+    report.html      the offline report
+    data_issues.txt  the bad records skipped, when there were any
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from contrastkit.data import BadRecordLog, Source
+from contrastkit.errors import ContrastkitError
+from contrastkit.models import ContrastiveModel, build_model
+from contrastkit.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+)
+from contrastkit.train.config import Config, ConfigError
+from contrastkit.train.evaluate import Embedder, evaluate_paired, evaluate_probe, to_device, write_artifacts
+from contrastkit.train.gradcache import gradcache_step
+from contrastkit.train.objective import build_objective, flatten_views
+from contrastkit.train.pipeline import TOKENIZER_FILE, BatchStream, build_source, build_tokenizer
+
+LOG_COLUMNS = ("step", "epoch", "loss", "scale", "bias", "lr", "samples_per_s", "elapsed_s")
+
+
+class TrainingError(ContrastkitError, RuntimeError):
+    """Training cannot go on (a non-finite loss, a finished run asked to resume ...)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda, mps or cpu, whichever is available; other names are checked."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} but no CUDA device is available; use cpu or auto.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device: 'mps' but MPS is not available; use cpu or auto.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def learning_rate(config: Config, step: int) -> float:
+    """Linear warm-up to ``optim.lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``."""
+    optim, total = config.optim, config.train.steps
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    progress = (step - optim.warmup_steps) / max(1, total - optim.warmup_steps)
+    floor = optim.min_lr_ratio * optim.lr
+    return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_run_model(
+    config: Config, source: Source | None, tokenizer_dir: Path | None
+) -> tuple[ContrastiveModel, Any]:
+    """The model of a config and its text tokenizer (None without a text tower).
+
+    ``data.tokenizer: model`` takes the tokenizer the text tower carries (HF adapter); ``bpe``
+    loads ``tokenizer_dir/tokenizer.json`` or trains one on ``source``'s captions and saves it there.
+    """
+    towers = config.model["towers"]
+    tokenizer, sizes = None, {}
+    if "text" in towers and config.data.tokenizer != "model":
+        tokenizer = build_tokenizer(config, source, tokenizer_dir)
+        sizes = {"vocab_sizes": {"text": tokenizer.vocab_size}, "max_lengths": {"text": tokenizer.max_length}}
+    try:
+        model = build_model(config.model, **sizes)
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"model: {err}") from None
+    if "text" in towers and config.data.tokenizer == "model":
+        tokenizer = getattr(model.towers["text"], "tokenizer", None)
+        if tokenizer is None:
+            raise ConfigError(
+                "data.tokenizer: 'model' needs a text tower that carries a tokenizer (type: hf)."
+            )
+    return model, tokenizer
+
+
+class Trainer:
+    """Train, checkpoint, evaluate and report one run.
+
+    Args:
+        config: a validated ``Config``.
+        run_dir: the output folder (created).
+        resume: continue from the newest checkpoint in ``run_dir``.
+    """
+
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False) -> None:
+        self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.device = resolve_device(config.train.device)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume and not list_checkpoints(self.run_dir):
+            raise TrainingError(
+                f"--resume: {self.run_dir} has no checkpoint to resume from; drop --resume to start afresh."
+            )
+        seed_everything(config.seed)
+        self.train_source = build_source(config.data.train, "train")
+        self.eval_source = None if config.data.eval is None else build_source(config.data.eval, "eval")
+        self.model, self.tokenizer = build_run_model(config, self.train_source, self.run_dir)
+        self.model.to(self.device)
+        missing = [m for m in self.model.modalities if m not in self.train_source.modalities]
+        if missing:
+            raise ConfigError(
+                f"model.towers: modalities {missing} are not in the training data "
+                f"({self.train_source.name}: {list(self.train_source.modalities)})."
+            )
+        self.objective = build_objective(config, self.model)
+        self.optimizer = torch.optim.AdamW(
+            self.model.param_groups(config.optim.weight_decay),
+            lr=config.optim.lr,
+            betas=tuple(config.optim.betas),
+            eps=config.optim.eps,
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if config.train.precision == "fp16" else None
+        if self.scaler is not None and self.device.type != "cuda":
+            raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 on CPU).")
+        tokenizers = {"text": self.tokenizer} if self.tokenizer is not None else {}
+        self.stream = BatchStream(config, self.train_source, tokenizers)
+        # judged once 1,000 records were seen: one corrupt image in the first batch is no trend
+        self.bad_records = BadRecordLog(config.data.max_bad_fraction, min_seen=1000)
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+
+    # ---- one step -------------------------------------------------------------------------
+    def _autocast(self):
+        precision = self.config.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _encode(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        with self._autocast():
+            return self.model(flatten_views(batch, self.model.modalities))
+
+    def _batch(self) -> tuple[dict[str, Any], int]:
+        """The next usable batch on the device, and its size; bad records are logged and checked."""
+        while True:
+            batch = self.stream.next()
+            size = int(batch["index"].numel())
+            self.bad_records.add(batch["bad"], size + len(batch["bad"]))
+            self.bad_records.check()
+            if size >= 2:
+                inputs = {k: v for k, v in batch.items() if k in (*self.model.modalities, "label")}
+                return to_device(inputs, self.device), size
+
+    def train_step(self) -> tuple[float, int]:
+        """One optimiser step; returns (loss, samples)."""
+        config = self.config
+        batch, size = self._batch()
+        lr = learning_rate(config, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = config.train.micro_batch_size
+        if micro is not None and micro < size:
+            loss = gradcache_step(
+                self.model,
+                {k: v for k, v in batch.items() if k != "label"},
+                lambda reps: self.objective(reps, batch),
+                micro,
+                encode=self._encode,
+                scaler=self.scaler,
+            )
+        else:
+            loss = self.objective(self._encode(batch), batch)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        value = float(loss)
+        if not math.isfinite(value):
+            self._fail_non_finite(value)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if config.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.step += 1
+        return value, size
+
+    def _fail_non_finite(self, value: float) -> None:
+        where = (
+            f"the last good checkpoint is {self.last_checkpoint}; resume from it with --resume and a lower "
+            f"optim.lr (or a stronger optim.grad_clip)"
+            if self.last_checkpoint is not None
+            else "no checkpoint was written yet; lower optim.lr or check the data"
+        )
+        raise TrainingError(
+            f"step {self.step + 1}: the loss is {value}; training stopped before the weights were "
+            f"updated. {where}."
+        )
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+    def _save(self) -> None:
+        state = {
+            "config": self.config.to_dict(),
+            "data_position": self.stream.position(),
+            "bad_records": {"bad": self.bad_records.bad, "seen": self.bad_records.seen},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "contrastkit_version": _version(),
+        }
+        self.last_checkpoint = save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.model,
+            self.optimizer,
+            state,
+            keep=self.config.train.keep_checkpoints,
+        )
+        tokenizer_file = self.run_dir / TOKENIZER_FILE
+        if tokenizer_file.is_file():
+            (self.last_checkpoint / TOKENIZER_FILE).write_bytes(tokenizer_file.read_bytes())
+
+    def _resume(self) -> None:
+        checkpoint = load_checkpoint(self.run_dir)
+        restore(checkpoint, self.model, self.optimizer)
+        state = checkpoint["state"]
+        self.step = int(state["step"])
+        self.stream.seek(state["data_position"])
+        self.bad_records.bad, self.bad_records.seen = (
+            state["bad_records"]["bad"],
+            state["bad_records"]["seen"],
+        )
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.last_checkpoint = checkpoint["path"]
+        if self.step >= self.config.train.steps:
+            raise TrainingError(
+                f"--resume: the checkpoint {checkpoint['path']} is already at step {self.step} of "
+                f"train.steps={self.config.train.steps}; raise train.steps to train further."
+            )
+
+    def _open_log(self):
+        path = self.run_dir / "log.csv"
+        rows = []
+        if self.resume and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        f = open(path, "w", newline="")  # noqa: SIM115 - closed in run()
+        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
+        return f, writer
+
+    def _tensorboard(self):
+        if not self.config.train.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "train.tensorboard: needs the tensorboard package; pip install 'contrastkit[tensorboard]'."
+            ) from None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # ---- the run ---------------------------------------------------------------------------
+    def fit(self) -> None:
+        """Train to ``train.steps``, logging and checkpointing."""
+        config = self.config
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if self.resume:
+            self._resume()
+        log_file, log = self._open_log()
+        board = self._tensorboard()
+        progress = _progress(config, self.step)
+        start, seen, window_start, window_samples = time.perf_counter(), 0, time.perf_counter(), 0
+        try:
+            while self.step < config.train.steps:
+                loss, size = self.train_step()
+                seen += size
+                window_samples += size
+                progress.update(1)
+                if self.step % config.train.log_every == 0 or self.step == config.train.steps:
+                    now = time.perf_counter()
+                    row = {
+                        "step": self.step,
+                        "epoch": self.stream.epoch,
+                        "loss": f"{loss:.6f}",
+                        "scale": f"{float(self.model.scale()):.4f}",
+                        "bias": "" if self.model.bias() is None else f"{float(self.model.bias()):.4f}",
+                        "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
+                        "samples_per_s": f"{window_samples / max(now - window_start, 1e-9):.1f}",
+                        "elapsed_s": f"{now - start:.2f}",
+                    }
+                    log.writerow(row)
+                    log_file.flush()
+                    if board is not None:
+                        for key in ("loss", "scale", "lr", "samples_per_s"):
+                            board.add_scalar(f"train/{key}", float(row[key]), self.step)
+                    progress.set_postfix(loss=row["loss"], scale=row["scale"], samples_s=row["samples_per_s"])
+                    if not progress.interactive:
+                        print(
+                            f"step {self.step}/{config.train.steps}  loss {row['loss']}  "
+                            f"scale {row['scale']}  {row['samples_per_s']} samples/s",
+                            flush=True,
+                        )
+                    window_start, window_samples = now, 0
+                if self.step % config.train.checkpoint_every == 0 or self.step == config.train.steps:
+                    self._save()
+        finally:
+            progress.close()
+            log_file.close()
+            if board is not None:
+                board.close()
+        self.train_seconds = time.perf_counter() - start
+
+    def evaluate(self) -> dict[str, float]:
+        """Final metrics on ``data.eval`` (and the report artifacts)."""
+        config, source = self.config, self.eval_source
+        metrics: dict[str, float] = {
+            "train/steps": self.step,
+            "train/seconds": round(getattr(self, "train_seconds", 0.0), 2),
+        }
+        if source is None:
+            return metrics
+        embed = Embedder(self.model, self.tokenizer, config.data.image_size, config.eval.batch_size)
+        modalities = self.model.modalities
+        if set(modalities) == {"image", "text"}:
+            found, artifacts = evaluate_paired(
+                embed, source, config.eval.templates, config.data.eval_max_records
+            )
+            metrics.update(found)
+            write_artifacts(self.run_dir, source, artifacts, config.data.image_size, config.eval.examples)
+        elif modalities == ("image",) and source.labels() is not None:
+            metrics.update(
+                evaluate_probe(
+                    embed, self.train_source, source, config.eval.knn_k, config.data.eval_max_records
+                )
+            )
+        return metrics
+
+    def run(self) -> dict[str, float]:
+        """fit, evaluate, write metrics.json, data_issues.txt and report.html; returns the metrics."""
+        self.fit()
+        metrics = self.evaluate()
+        _write_json_atomic(self.run_dir / "metrics.json", metrics)
+        if self.bad_records.bad:
+            (self.run_dir / "data_issues.txt").write_text(self.bad_records.summary() + "\n")
+        from contrastkit.report import write_report
+
+        write_report(self.run_dir)
+        return metrics
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _version() -> str:
+    from contrastkit import __version__
+
+    return __version__
+
+
+class _Progress:
+    """A tqdm bar on an interactive terminal; nothing otherwise (the trainer prints log lines)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.interactive = enabled and sys.stderr.isatty()
+        self.bar = None
+        if self.interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def set_postfix(self, **values: Any) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(values, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress(config: Config, initial: int) -> _Progress:
+    return _Progress(config.train.steps, initial, config.train.progress)
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict[str, float]:
+    """Train, evaluate and report one run (the ``contrastkit train`` command)."""
+    return Trainer(config, run_dir, resume).run()
