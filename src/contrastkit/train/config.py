@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -252,6 +253,9 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
     expected = origin or hint
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        with contextlib.suppress(ValueError):
+            return float(value)
     if expected is tuple and isinstance(value, list):
         value = tuple(value)
     if expected is typing.Any:
@@ -284,9 +288,9 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**values)
 
 
-def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["optim.lr=3e-4", "model.towers.image.type=vit"]`` -> a nested dict (values as YAML)."""
-    nested: dict[str, Any] = {}
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """``["optim.lr=3e-4", "model.towers.image={type: vit}"]`` -> [(key path, value as YAML)]."""
+    parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
@@ -295,14 +299,23 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err}).") from None
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} was already given a value.")
-        node[parts[-1]] = value
-    return nested
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each dotted key to its value; the value replaces what was there (a mapping too)."""
+    for path, value in parse_overrides(overrides):
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a mapping.")
+            node = child
+        node[path[-1]] = value
+    return data
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -332,15 +345,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (sections merged key by key), then ``--set`` overrides; validated."""
+    """Defaults, then the YAML file (sections merged key by key; ``model`` replaced whole), then the
+    ``--set`` overrides (each replaces the value at its key); validated."""
     data = Config().to_dict()
     if path is not None:
         file_data = read_yaml(path)
         if "model" in file_data:  # a model spec replaces the default towers wholesale
             data["model"] = {}
         data = _merge(data, file_data)
-    data = _merge(data, parse_overrides(overrides))
-    return config_from_dict(data)
+    return config_from_dict(apply_overrides(data, overrides))
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:

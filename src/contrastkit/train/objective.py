@@ -59,6 +59,11 @@ def build_objective(
             f"data.views: a one-modality model ({modalities[0]}) needs data.views >= 2 to form pairs "
             f"for {name}."
         )
+    if len(modalities) == 2 and views > 1:
+        raise ConfigError(
+            f"data.views: {views} augmented views are for one-modality models; this model pairs "
+            f"{modalities[0]} with {modalities[1]}. Set data.views=1."
+        )
     if len(modalities) > 2:
         raise ConfigError(f"model.towers: the trainer pairs two modalities; got {list(modalities)}.")
     if name in SCALED_WITH_BIAS and model.bias() is None:

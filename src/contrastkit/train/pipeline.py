@@ -133,6 +133,9 @@ class BatchStream:
             batch_sampler=self.sampler,
             collate_fn=Collator(tokenizers),
             num_workers=config.data.num_workers,
+            # its own generator: a new iterator (each epoch, each resume) then draws its worker
+            # seed from here, not from the global RNG that dropout uses, so resuming is exact
+            generator=torch.Generator().manual_seed(config.seed),
         )
         self.epoch, self.consumed = 0, 0
         self._iterator: Iterator[dict[str, Any]] | None = None

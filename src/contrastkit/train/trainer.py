@@ -139,9 +139,9 @@ class Trainer:
             betas=tuple(config.optim.betas),
             eps=config.optim.eps,
         )
-        self.scaler = torch.amp.GradScaler("cuda") if config.train.precision == "fp16" else None
-        if self.scaler is not None and self.device.type != "cuda":
+        if config.train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 on CPU).")
+        self.scaler = torch.amp.GradScaler("cuda") if config.train.precision == "fp16" else None
         tokenizers = {"text": self.tokenizer} if self.tokenizer is not None else {}
         self.stream = BatchStream(config, self.train_source, tokenizers)
         # judged once 1,000 records were seen: one corrupt image in the first batch is no trend
@@ -193,7 +193,7 @@ class Trainer:
         else:
             loss = self.objective(self._encode(batch), batch)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             self._fail_non_finite(value)
         if self.scaler is not None:
@@ -307,8 +307,10 @@ class Trainer:
                         "step": self.step,
                         "epoch": self.stream.epoch,
                         "loss": f"{loss:.6f}",
-                        "scale": f"{float(self.model.scale()):.4f}",
-                        "bias": "" if self.model.bias() is None else f"{float(self.model.bias()):.4f}",
+                        "scale": f"{self.model.logit_scale.value:.4f}",
+                        "bias": ""
+                        if self.model.bias() is None
+                        else f"{float(self.model.bias().detach()):.4f}",
                         "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
                         "samples_per_s": f"{window_samples / max(now - window_start, 1e-9):.1f}",
                         "elapsed_s": f"{now - start:.2f}",
