@@ -1,5 +1,6 @@
 # Entry points, each doing all of its own set-up on a fresh machine:
-#   make demo   - create .venv if missing, install contrastkit, run the main job
+#   make demo   - create .venv if missing, install contrastkit, run the main job (`contrastkit train`:
+#                 the built-in CLIP on generated shapes; the run lands in runs/)
 #   make test   - create .venv if missing, install contrastkit[dev], run the whole test suite
 #   make lint   - ruff (pinned in the dev extra) over src/ and tests/
 # torch is installed as $(TORCH); choose another build with TORCH and, where the wheel lives on
@@ -31,7 +32,7 @@ $(STAMP)-%: pyproject.toml Makefile $(TORCH_SPEC)
 	touch $@
 
 demo: $(STAMP)-examples
-	$(BIN)/python -m contrastkit.examples.losses
+	$(BIN)/contrastkit train
 
 test: $(STAMP)-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -127,11 +127,7 @@ def _ranks(
     chunk_size = check_chunk_size(fn, chunk_size)
     img, txt = unit_pair(image_emb, text_emb)
 
-    t2i = torch.empty(n_txt, dtype=torch.long, device=img.device)
-    for s in range(0, n_txt, chunk_size):
-        scores = txt[s : s + chunk_size] @ img.T  # (c, I)
-        pos = scores.gather(1, owner[s : s + chunk_size, None])
-        t2i[s : s + chunk_size] = (scores >= pos).sum(dim=1, dtype=torch.int32)  # counts the positive: the +1
+    t2i = positive_ranks(txt, img, owner, chunk_size)
 
     i2t = torch.empty(n_img, dtype=torch.long, device=img.device)
     for s in range(0, n_img, chunk_size):
@@ -141,6 +137,22 @@ def _ranks(
         best = scores.masked_fill(~positive, -torch.inf).amax(dim=1, keepdim=True)
         i2t[s : s + chunk_size] = 1 + ((scores >= best) & ~positive).sum(dim=1, dtype=torch.int32)
     return i2t, t2i
+
+
+def positive_ranks(
+    query: torch.Tensor, gallery: torch.Tensor, target: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """1-based rank of each query's target among all gallery rows, ties counted against it.
+
+    query: (Q, D), gallery: (G, D) (already normalised), target: (Q,) gallery indices -> (Q,)
+    int64: the number of gallery rows scoring >= the target (the target itself is the +1).
+    """
+    ranks = torch.empty(query.shape[0], dtype=torch.long, device=query.device)
+    for s in range(0, query.shape[0], chunk_size):
+        scores = query[s : s + chunk_size] @ gallery.T
+        positive = scores.gather(1, target[s : s + chunk_size, None])
+        ranks[s : s + chunk_size] = (scores >= positive).sum(dim=1)
+    return ranks
 
 
 def _summary(prefix: str, ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:

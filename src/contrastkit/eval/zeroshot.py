@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from contrastkit.errors import InputError, check_same_device
 from contrastkit.eval._checks import check_chunk_size, check_class_labels, check_emb, check_ks, unit_pair
+from contrastkit.eval.retrieval import positive_ranks
 
 
 def _check_strings(fn: str, name: str, values: object, example: str) -> list[str]:
@@ -99,9 +100,5 @@ def zero_shot_accuracy(
     topk = check_ks(fn, "topk", topk)
     chunk_size = check_chunk_size(fn, chunk_size)
     x, w = unit_pair(image_emb, class_emb)
-    ranks = torch.empty(n, dtype=torch.long, device=x.device)
-    for s in range(0, n, chunk_size):
-        scores = x[s : s + chunk_size] @ w.T  # (c, C)
-        pos = scores.gather(1, labels[s : s + chunk_size, None])
-        ranks[s : s + chunk_size] = (scores >= pos).sum(dim=1, dtype=torch.int32)  # counts y itself: the +1
+    ranks = positive_ranks(x, w, labels, chunk_size)
     return {f"top{k}": float((ranks <= min(k, c)).double().mean()) for k in topk}

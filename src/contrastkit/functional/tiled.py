@@ -98,22 +98,24 @@ def _tile_logits(
     return logits
 
 
-def _backprop_tile(
-    grad: torch.Tensor,
-    xs: torch.Tensor,
-    y: torch.Tensor,
-    i: slice,
-    j: slice,
-    grad_xs: torch.Tensor,
-    grad_y: torch.Tensor,
-) -> None:
-    """Accumulate d(xs)_I += G y_J and dy_J += G^T xs_I for one tile's G = dL/dl_IJ."""
-    grad_xs[i].addmm_(grad, y[j])
-    grad_y[j].addmm_(grad.T, xs[i])
+def _backward(ctx, x, y, scale, bias, row_tile, col_tile, skip_diagonal, tile_grad):
+    """Recompute every tile, turn it into G = dL/dl with ``tile_grad(logits, i, j)`` (None: no
+    gradient from this tile), and accumulate d(xs) += G y_J, dy += G^T xs_I, db += sum G.
 
-
-def _finish_grads(ctx, x, scale, grad_xs, grad_y, grad_bias):
-    """Map d(xs) to dx = s d(xs) and ds = sum <x, d(xs)>; keep only the requested gradients."""
+    Returns the gradients of (x, y, scale, bias): dx = s d(xs), ds = sum <x, d(xs)>, each only
+    where ``ctx.needs_input_grad`` asks for it.
+    """
+    xs = x * scale
+    grad_xs, grad_y = torch.zeros_like(x), torch.zeros_like(y)
+    grad_bias = x.new_zeros(())
+    for i, j in _tiles(x.shape[0], y.shape[0], row_tile, col_tile):
+        grad = tile_grad(_tile_logits(xs, y, bias, i, j, skip_diagonal), i, j)
+        if grad is None:
+            continue
+        grad_xs[i].addmm_(grad, y[j])
+        grad_y[j].addmm_(grad.T, xs[i])
+        if bias is not None:
+            grad_bias += grad.sum()
     need_x, need_y, need_scale, need_bias = ctx.needs_input_grad[:4]
     return (
         grad_xs * scale if need_x else None,
@@ -143,23 +145,18 @@ class _TiledLogSumExp(torch.autograd.Function):
     def backward(ctx, grad_r, grad_c):
         x, y, scale, bias, r, c = ctx.saved_tensors
         row_tile, col_tile, skip_diagonal = ctx.plan
-        xs = x * scale
-        grad_xs, grad_y = torch.zeros_like(x), torch.zeros_like(y)
-        grad_bias = x.new_zeros(())
-        for i, j in _tiles(x.shape[0], y.shape[0], row_tile, col_tile):
-            logits = _tile_logits(xs, y, bias, i, j, skip_diagonal)
+
+        def tile_grad(logits, i, j):
             grad = None
             if grad_c is not None and c.numel():
                 grad = torch.sub(logits, c[j]).exp_().mul_(grad_c[j])
             if grad_r is not None:
                 row_part = logits.sub_(r[i, None]).exp_().mul_(grad_r[i, None])
                 grad = row_part if grad is None else grad.add_(row_part)
-            if grad is None:
-                continue
-            _backprop_tile(grad, xs, y, i, j, grad_xs, grad_y)
-            if bias is not None:
-                grad_bias += grad.sum()
-        return (*_finish_grads(ctx, x, scale, grad_xs, grad_y, grad_bias), None, None, None, None)
+            return grad
+
+        grads = _backward(ctx, x, y, scale, bias, row_tile, col_tile, skip_diagonal, tile_grad)
+        return (*grads, None, None, None, None)
 
 
 class _TiledSoftplusSum(torch.autograd.Function):
@@ -178,15 +175,18 @@ class _TiledSoftplusSum(torch.autograd.Function):
     def backward(ctx, grad_total):
         x, y, scale, bias = ctx.saved_tensors
         row_tile, col_tile = ctx.plan
-        xs = x * scale
-        grad_xs, grad_y = torch.zeros_like(x), torch.zeros_like(y)
-        grad_bias = x.new_zeros(())
-        for i, j in _tiles(x.shape[0], y.shape[0], row_tile, col_tile):
-            grad = _tile_logits(xs, y, bias, i, j, False).sigmoid_().mul_(grad_total)
-            _backprop_tile(grad, xs, y, i, j, grad_xs, grad_y)
-            if bias is not None:
-                grad_bias += grad.sum()
-        return (*_finish_grads(ctx, x, scale, grad_xs, grad_y, grad_bias), None, None)
+        grads = _backward(
+            ctx,
+            x,
+            y,
+            scale,
+            bias,
+            row_tile,
+            col_tile,
+            False,
+            lambda logits, i, j: logits.sigmoid_().mul_(grad_total),
+        )
+        return (*grads, None, None)
 
 
 def _as_tensor(value: float | torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,6 @@ RETRIEVAL_COLUMNS = (("R@1", "R@1"), ("R@5", "R@5"), ("R@10", "R@10"), ("mean_ra
 RETRIEVAL_COLUMNS += (("median_rank", "median rank"),)
 RETRIEVAL_DIRECTIONS = (("i2t", "image → text"), ("t2i", "text → image"))
 _RETRIEVAL_KEY = re.compile(r"retrieval/(i2t|t2i)_(R@1|R@5|R@10|mean_rank|median_rank)")
-_BATCH = ("batch_size", "global_batch_size")
-_STEPS = ("steps", "max_steps", "total_steps", "num_steps")
 MAX_EXAMPLES, TOP_K, MAX_ISSUE_LINES = 16, 5, 200
 
 
@@ -49,45 +47,27 @@ def _na(what: str) -> str:
     return f'<p class="na">{esc(what)} not available.</p>'
 
 
-def _find(config: Any, names: Iterable[str]) -> Any:
-    """The value of the shallowest key among ``names`` in a nested mapping (breadth first)."""
-    names = tuple(names)
-    level = [config]
-    while level:
-        for node in level:
-            for name in names:
-                if name in node:
-                    return node[name]
-        level = [v for node in level for v in node.values() if isinstance(v, Mapping)]
-    return None
+def _section_of(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = config.get(name)
+    return value if isinstance(value, Mapping) else {}
 
 
 def _describe(spec: Any) -> str:
+    """A tower spec {"type": "cnn", ...} -> "cnn"; anything else as text."""
     if isinstance(spec, Mapping):
-        for key in ("name", "type", "arch", "model", "kind", "path"):
-            if isinstance(spec.get(key), str | int | float):
-                return str(spec[key])
-        return "custom"
+        return str(spec.get("type", "custom"))
     return str(spec)
 
 
 def config_summary(config: Mapping[str, Any]) -> dict[str, str]:
-    """Towers, loss, batch size and steps, looked up defensively (any nesting, a few key spellings)."""
-    towers = _find(config, ("towers",))
-    if isinstance(towers, list):
-        towers = {str(i): v for i, v in enumerate(towers)}
-    if not isinstance(towers, Mapping):
-        model = _find(config, ("model",))
-        model = model if isinstance(model, Mapping) else {}
-        towers = {str(k).removesuffix("_tower"): v for k, v in model.items() if str(k).endswith("_tower")}
-        towers = towers or {k: v for k, v in model.items() if k in ("image", "text", "series", "audio")}
-    loss = _find(config, ("loss",))
-    train = config.get("train") if isinstance(config.get("train"), Mapping) else {}
+    """Towers, loss, batch size and steps from a run's config.yaml (missing keys show as "—")."""
+    towers = _section_of(_section_of(config, "model"), "towers")
+    train = _section_of(config, "train")
     found = {
-        "towers": ", ".join(f"{k}: {_describe(v)}" for k, v in towers.items()) if towers else None,
-        "loss": _describe(loss) if loss is not None else None,
-        "batch size": _find(train, _BATCH) or _find(config, _BATCH),
-        "steps": _find(train, _STEPS) or _find(config, _STEPS),
+        "towers": ", ".join(f"{k}: {_describe(v)}" for k, v in towers.items()) or None,
+        "loss": _section_of(config, "loss").get("name"),
+        "batch size": train.get("batch_size"),
+        "steps": train.get("steps"),
     }
     return {k: ("—" if v is None else str(v)) for k, v in found.items()}
 

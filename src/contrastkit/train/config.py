@@ -46,16 +46,19 @@ def _default_model() -> dict[str, Any]:
 class DataConfig:
     """Where the pairs come from and how they are prepared."""
 
-    train: dict[str, Any] = field(default_factory=lambda: {"name": "shapes", "split": "train", "n": 4000})
+    train: dict[str, Any] = field(default_factory=lambda: {"name": "shapes", "split": "train", "n": 20000})
     """A source: ``{"name": built-in, "split", "root", **options}``, ``{"manifest": path,
     "columns"}`` or ``{"shards": pattern, "keys"}``."""
     eval: dict[str, Any] | None = field(
         default_factory=lambda: {"name": "shapes", "split": "test", "n": 1000}
     )
     image_size: int = 32
-    augment: bool = True
+    augment: bool = False
+    """Random resized crop, flip and brightness/contrast jitter of training images."""
     views: int = 1
     """Augmented views per image for single-modality self-supervised training (2 for SimCLR)."""
+    caption_sentences: int | None = 1
+    """Train on the first k sentences of each caption (None: the whole caption)."""
     tokenizer: str = "bpe"
     """``byte``, ``bpe`` (trained on the training captions) or ``model`` (the text tower's own)."""
     vocab_size: int = 1000
@@ -72,6 +75,8 @@ class DataConfig:
         _choice("data.sampler", self.sampler, ("no_duplicates", "class_balanced", "random"))
         _at_least("data.image_size", self.image_size, 8)
         _at_least("data.views", self.views, 1)
+        if self.caption_sentences is not None:
+            _at_least("data.caption_sentences", self.caption_sentences, 1)
         _at_least("data.vocab_size", self.vocab_size, 300)
         _at_least("data.max_length", self.max_length, 4)
         _at_least("data.num_workers", self.num_workers, 0)
@@ -128,14 +133,14 @@ class OptimConfig:
 class TrainConfig:
     """Length, batch, precision, device and bookkeeping of a run."""
 
-    steps: int = 300
-    batch_size: int = 128
+    steps: int = 600
+    batch_size: int = 256
     micro_batch_size: int | None = None
     """Below batch_size: GradCache over micro-batches of this size (same gradient, less memory)."""
     precision: str = "fp32"
     device: str = "cpu"
-    log_every: int = 10
-    checkpoint_every: int = 100
+    log_every: int = 25
+    checkpoint_every: int = 200
     keep_checkpoints: int = 2
     tensorboard: bool = False
     progress: bool = True
@@ -318,11 +323,13 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+def _merge_sections(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Sections (data, optim, ...) merge key by key; every key's value is replaced whole
+    (``data.train``, ``model``), so a file never inherits stray default options."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key != "model":
+            out[key] = {**out[key], **value}
         else:
             out[key] = value
     return out
@@ -349,10 +356,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     ``--set`` overrides (each replaces the value at its key); validated."""
     data = Config().to_dict()
     if path is not None:
-        file_data = read_yaml(path)
-        if "model" in file_data:  # a model spec replaces the default towers wholesale
-            data["model"] = {}
-        data = _merge(data, file_data)
+        data = _merge_sections(data, read_yaml(path))
     return config_from_dict(apply_overrides(data, overrides))
 
 

@@ -19,6 +19,7 @@ from contrastkit.data import (
     NoDuplicatesBatchSampler,
     ShardSource,
     Source,
+    TextTransform,
     get_source,
 )
 from contrastkit.errors import InputError
@@ -121,6 +122,8 @@ class BatchStream:
 
     def __init__(self, config: Config, source: Source, tokenizers: dict[str, Any]) -> None:
         transforms = image_transforms(config, train=True) if "image" in source.modalities else {}
+        if "text" in source.modalities:
+            transforms["text"] = TextTransform(config.data.caption_sentences)
         self.dataset = ContrastiveDataset(source, transforms, config.seed)
         self.sampler = build_sampler(config, source)
         if len(self.sampler) == 0:
