@@ -100,3 +100,41 @@ def test_embed_rejects_a_modality_the_model_lacks(run_dir, tmp_path, capsys):
         == 2
     )
     assert "the model has ['image', 'text']" in capsys.readouterr().err
+
+
+def test_eval_rebuilds_a_bpe_tokenizer_from_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "bpe"
+    overrides = [*TINY_RUN, "data.tokenizer=bpe", "data.vocab_size=300", "train.steps=3"]
+    assert main(["train", *_set(overrides), "--out", str(out)]) == 0
+    assert (out / "checkpoints" / "step-000003" / "tokenizer.json").is_file()
+    (out / "tokenizer.json").unlink()  # the checkpoint alone must suffice
+    assert (
+        main(["eval", str(out / "checkpoints" / "step-000003"), "--data", "shapes", "--max-records", "8"])
+        == 0
+    )
+    assert "retrieval/i2t_R@1" in capsys.readouterr().out
+
+
+def test_resume_without_a_config_uses_the_runs_own(tmp_path, capsys):
+    out = tmp_path / "r"
+    overrides = [*TINY_RUN, "train.steps=3", "optim.lr=0.01"]
+    assert main(["train", *_set(overrides), "--out", str(out)]) == 0
+    assert main(["train", "--resume", "--out", str(out), "--set", "train.steps=4"]) == 0
+    assert "train/steps                4" in capsys.readouterr().out
+
+
+def test_eval_refuses_a_model_it_cannot_score(tmp_path, capsys):
+    out = tmp_path / "views"
+    overrides = [
+        *TINY_RUN,
+        "model.towers={image: {type: cnn, width: 8, depth: 2}}",
+        "data.views=2",
+        "data.augment=true",
+        "loss.name=nt_xent",
+        "train.steps=1",
+        "data.eval=null",
+    ]
+    assert main(["train", *_set(overrides), "--out", str(out)]) == 0
+    manifest = _tiny_manifest(tmp_path)
+    assert main(["eval", str(out), "--data", str(manifest)]) == 2
+    assert "has no labels" in capsys.readouterr().err

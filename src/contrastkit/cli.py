@@ -57,7 +57,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and args.out is None:
         raise ContrastkitError("--resume needs --out RUN_DIR (the run to continue).")
-    config = load_config(args.config, args.set)
+    config_path = args.config
+    if args.resume and config_path is None and (Path(args.out) / "config.yaml").is_file():
+        config_path = Path(args.out) / "config.yaml"  # the run's own config
+    config = load_config(config_path, args.set)
     out = Path(args.out) if args.out else _default_out(args.config)
     print(f"run directory: {out}", flush=True)
     metrics = train(config, out, resume=args.resume)
@@ -94,9 +97,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     embed = Embedder(model, tokenizer, config.data.image_size, config.eval.batch_size)
     if set(model.modalities) == {"image", "text"}:
         metrics, _ = evaluate_paired(embed, source, config.eval.templates, args.max_records)
-    else:
+    elif model.modalities == ("image",) and source.labels() is not None:
         train_source = build_source(config.data.train, "train")
         metrics = evaluate_probe(embed, train_source, source, config.eval.knn_k, args.max_records)
+    else:
+        raise ContrastkitError(
+            f"eval: scores image-text models (retrieval, zero-shot) and image models on labelled data "
+            f"(kNN, linear probe); this model has {list(model.modalities)} and the data "
+            f"{'has' if source.labels() is not None else 'has no'} labels."
+        )
     _print_metrics(metrics)
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=1, sort_keys=True))

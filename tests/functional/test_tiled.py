@@ -264,3 +264,24 @@ def test_modules_pass_their_chunk_size(monkeypatch):
     SigLIPLoss(chunk_size=4)(x, y)
     assert calls == [4]
     assert CLIPLoss(chunk_size=3).chunk_size == 3
+
+
+def test_the_engine_checks_its_own_arguments():
+    x, y = unit_rows(4, 3, seed=32), unit_rows(5, 3, seed=33)
+    for bad in (0, -3, 1.5):
+        with pytest.raises(InputError, match="'chunk_size' must be a positive number"):
+            tiled_logsumexp(x, y, 1.0, chunk_size=bad)
+        with pytest.raises(InputError, match="'col_chunk_size' must be a positive number"):
+            tiled_softplus_sum(x, y, 1.0, chunk_size=2, col_chunk_size=bad)
+    with pytest.raises(InputError, match="skip_diagonal needs x and y to index the same set"):
+        tiled_logsumexp(x, y, 1.0, skip_diagonal=True)
+    with pytest.raises(InputError, match=r"\(B, D\) and \(M, D\)"):
+        tiled_logsumexp(x, unit_rows(5, 4, seed=34), 1.0)
+
+
+def test_a_second_derivative_is_refused_plainly():
+    x, y = unit_rows(4, 3, seed=35), unit_rows(4, 3, seed=36)
+    with pytest.raises(RuntimeError, match="first derivatives only .*chunk_size=0"):
+        torch.autograd.grad(clip_loss(x, y, 5.0, chunk_size=2), x, create_graph=True)
+    (gx,) = torch.autograd.grad(clip_loss(x, y, 5.0, chunk_size=0), x, create_graph=True)
+    assert gx.requires_grad

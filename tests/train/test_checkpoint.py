@@ -66,6 +66,14 @@ def test_keeps_only_the_newest_and_leaves_no_temporary_folders(tmp_path):
     assert resolve_checkpoint(tmp_path / "checkpoints").name == "step-000004"
 
 
+def test_checkpoints_are_ordered_by_step_and_carry_extra_files(tmp_path):
+    model, optimizer = model_and_optimizer()
+    for step in (999_999, 1_000_000):
+        save_checkpoint(tmp_path, step, model, optimizer, {}, keep=1, files={"tokenizer.json": b"{}"})
+    (only,) = list_checkpoints(tmp_path)
+    assert only.name == "step-1000000" and (only / "tokenizer.json").read_bytes() == b"{}"
+
+
 def test_nothing_is_pickled(tmp_path):
     model, optimizer = model_and_optimizer()
     path = save_checkpoint(tmp_path, 1, model, optimizer, {})

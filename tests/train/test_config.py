@@ -24,7 +24,7 @@ def test_every_example_config_loads(path):
 
 def test_overrides_are_parsed_as_yaml_into_nested_keys():
     assert parse_overrides(["optim.lr=3e-4", "data.eval=null", "optim.betas=[0.9, 0.95]"]) == [
-        (["optim", "lr"], "3e-4"),  # YAML 1.1: a float needs a dot; the schema converts it
+        (["optim", "lr"], 3e-4),  # read as YAML 1.2 does, also inside free-form options
         (["data", "eval"], None),
         (["optim", "betas"], [0.9, 0.95]),
     ]
@@ -84,6 +84,14 @@ def test_bad_files_are_named(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping of sections"):
         load_config(bad)
+
+
+def test_exponent_floats_are_numbers_everywhere(tmp_path):
+    assert load_config(None, ["loss.options={temperature: 5e-2}"]).loss.options == {"temperature": 0.05}
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 3e-4\nloss:\n  options: {temperature: 1e-1}\n")
+    config = load_config(path)
+    assert config.optim.lr == 3e-4 and config.loss.options == {"temperature": 0.1}
 
 
 def test_an_override_replaces_the_value_at_its_key():

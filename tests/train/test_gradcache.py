@@ -190,6 +190,34 @@ def test_batch_norm_is_warned_about():
         gradcache_step(model, x, lambda z: z.square().sum(), 3)
 
 
+def test_tuples_are_structure_and_row_counts_must_agree():
+    images, texts = torch.randn(6, 3), torch.randn(6, 2)
+    parts = split_batch((images, texts), 4)
+    assert [tuple(p[0].shape) for p in parts] == [(4, 3), (2, 3)]
+    with pytest.raises(InputError, match=r"different row counts \[5, 6\]"):
+        split_batch({"image": images, "caption": ["x"] * 5}, 2)
+
+
+def test_outputs_with_different_row_counts_get_their_own_gradient_slices():
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+
+    def encode(part):
+        z = model(part)
+        return {"row": z, "pairs": torch.cat([z, z])}  # twice as many rows as the micro-batch
+
+    def loss_fn(reps):
+        return reps["row"].square().sum() + reps["pairs"].sin().sum()
+
+    gradcache_step(model, x, loss_fn, 4, encode=encode)
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    outs = [encode(part) for part in split_batch(x, 4)]
+    loss_fn({k: torch.cat([o[k] for o in outs]) for k in outs[0]}).backward()
+    for g, p in zip(got, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, atol=1e-12, rtol=0)
+
+
 def test_split_batch_slices_tensors_lists_and_nested_dicts():
     parts = split_batch(make_batch(5), 2)
     assert [p["image"].shape[0] for p in parts] == [2, 2, 1]

@@ -83,6 +83,16 @@ def test_resume_without_a_checkpoint_or_past_the_end_is_explained(tmp_path):
         train(load_config(None, TINY_RUN), tmp_path / "done", resume=True)
 
 
+def test_a_run_directory_is_never_overwritten_and_resume_keeps_its_config(tmp_path):
+    train(load_config(None, [*TINY_RUN, "train.steps=3"]), tmp_path)
+    with pytest.raises(TrainingError, match="already holds a run .*step-000003.*--resume"):
+        Trainer(load_config(None, TINY_RUN), tmp_path)
+    with pytest.raises(TrainingError, match=r"config differs .*optim.lr: 0.002 -> 0.1"):
+        train(load_config(None, [*TINY_RUN, "optim.lr=0.1"]), tmp_path, resume=True)
+    metrics = train(load_config(None, TINY_RUN), tmp_path, resume=True)  # steps may grow
+    assert metrics["train/steps"] == 6
+
+
 def _manifest_with_bad_images(folder, n_good: int, n_bad: int):
     images = folder / "images"
     images.mkdir(parents=True)
@@ -134,6 +144,7 @@ def test_bf16_autocast_trains(tmp_path):
         (["model.towers={series: {type: series_cnn, in_channels: 3}}"], "model.towers: modalities"),
         (["data.train={name: nope}"], "data.train: get_source: unknown data set 'nope'"),
         (["train.batch_size=500"], "train.batch_size|data.sampler"),
+        (["data.views=2"], "data.views: 2 views need an image-only model and data.augment: true"),
     ],
 )
 def test_bad_configs_fail_early_naming_the_key(tmp_path, overrides, message):
@@ -154,6 +165,7 @@ def test_siglip_and_supcon_objectives_train(tmp_path):
         *TINY_RUN,
         "model.towers={image: {type: cnn, width: 8, depth: 2}}",
         "data.views=2",
+        "data.augment=true",
         "loss.name=supcon",
         "data.sampler=class_balanced",
         "data.classes_per_batch=4",

@@ -24,8 +24,8 @@ from contrastkit.errors import InputError
 
 PLAIN_LOGITS_BUDGET_BYTES = 16 * 2**20
 """``chunk_size=None`` keeps the plain (materialised) path while the logit matrix fits in this
-(B = 2048 square in float32). On a 2-core CPU the tiled path is as fast from B = 1024 and faster
-beyond (bench/losses.py, docs/performance.md)."""
+(B = 2048 square in float32; tiled from 2049). On a 2-core CPU the tiled path is within a few
+milliseconds at B = 1024 and faster from B = 4096 (bench/losses.py, docs/performance.md)."""
 
 TILE_ELEMENTS = 2**19
 """Logits per tile (2 MiB in float32): small enough to stay in cache, large enough for a fast GEMM."""
@@ -74,10 +74,19 @@ def choose_tiling(
     return chunk
 
 
-def _tile_cols(row_tile: int, cols: int, col_tile: int | None) -> int:
-    if col_tile is None:
-        col_tile = max(TILE_ELEMENTS // row_tile, 1)
-    return max(1, min(col_tile, cols))
+def _plan(fn: str, x: torch.Tensor, y: torch.Tensor, chunk_size: int, col_chunk_size: int | None) -> int:
+    """Check the tile sizes and the operands; return the column tile."""
+    for name, value in (("chunk_size", chunk_size), ("col_chunk_size", col_chunk_size)):
+        if value is None and name == "col_chunk_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise InputError(f"{fn}: '{name}' must be a positive number of tile rows/columns; got {value!r}.")
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise InputError(
+            f"{fn}: x and y must be (B, D) and (M, D); got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
+    col_tile = max(TILE_ELEMENTS // chunk_size, 1) if col_chunk_size is None else col_chunk_size
+    return max(1, min(col_tile, y.shape[0]))
 
 
 def _tiles(rows: int, cols: int, row_tile: int, col_tile: int):
@@ -105,6 +114,11 @@ def _backward(ctx, x, y, scale, bias, row_tile, col_tile, skip_diagonal, tile_gr
     Returns the gradients of (x, y, scale, bias): dx = s d(xs), ds = sum <x, d(xs)>, each only
     where ``ctx.needs_input_grad`` asks for it.
     """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the tiled engine gives first derivatives only (create_graph=True asked for more); use "
+            "chunk_size=0 (the plain path) for gradient penalties or other higher-order terms."
+        )
     xs = x * scale
     grad_xs, grad_y = torch.zeros_like(x), torch.zeros_like(y)
     grad_bias = x.new_zeros(())
@@ -223,7 +237,12 @@ def tiled_logsumexp(
     Returns:
         (r, c): r (B,), and c (M,) or an empty tensor when ``cols`` is False.
     """
-    col_tile = _tile_cols(chunk_size, y.shape[0], col_chunk_size)
+    col_tile = _plan("tiled_logsumexp", x, y, chunk_size, col_chunk_size)
+    if skip_diagonal and x.shape[0] != y.shape[0]:
+        raise InputError(
+            f"tiled_logsumexp: skip_diagonal needs x and y to index the same set (B == M); got "
+            f"{x.shape[0]} and {y.shape[0]} rows."
+        )
     return _TiledLogSumExp.apply(
         x, y, _as_tensor(scale, x), _as_tensor(bias, x), chunk_size, col_tile, cols, skip_diagonal
     )
@@ -243,5 +262,5 @@ def tiled_softplus_sum(
     x: (B, D), y: (M, D) in the compute dtype; arguments as ``tiled_logsumexp``. Softplus is the
     exact ``logaddexp(l, 0)``, so the sum matches the plain SigLIP loss to rounding.
     """
-    col_tile = _tile_cols(chunk_size, y.shape[0], col_chunk_size)
+    col_tile = _plan("tiled_softplus_sum", x, y, chunk_size, col_chunk_size)
     return _TiledSoftplusSum.apply(x, y, _as_tensor(scale, x), _as_tensor(bias, x), chunk_size, col_tile)

@@ -91,11 +91,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int = 2,
+    files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and keep only the newest ``keep``.
 
     ``state`` is JSON-serialisable (config, data position, scaler, extras); the step, the optimizer
-    hyper-parameters and the RNG states are added here.
+    hyper-parameters and the RNG states are added here. ``files`` (name -> bytes, e.g. the
+    tokenizer) are written into the checkpoint before it is renamed into place.
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -110,6 +112,8 @@ def save_checkpoint(
     save_file({**optim_tensors, **rng_tensors}, tmp / OPTIMIZER_FILE)
     payload = {**state, "step": step, "optimizer": optim_plain, "rng": rng_plain}
     (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
+    for name, content in (files or {}).items():
+        (tmp / name).write_bytes(content)
     for path in tmp.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
@@ -117,16 +121,20 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    """Complete checkpoints of a run, oldest (lowest step) first; temporary folders are ignored."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+    return sorted(
+        (p for p in found if p.name[len(PREFIX) :].isdigit()), key=lambda p: int(p.name[len(PREFIX) :])
+    )
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -12,9 +12,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -29,6 +29,22 @@ from contrastkit.errors import ContrastkitError
 
 class ConfigError(ContrastkitError, ValueError):
     """A config file, key or value that cannot be used; the message names the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does: ``3e-4`` is a number (YAML 1.1 needs
+    ``3.0e-4`` and reads ``3e-4`` as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def _default_model() -> dict[str, Any]:
@@ -258,9 +274,6 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
     expected = origin or hint
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if expected is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-        with contextlib.suppress(ValueError):
-            return float(value)
     if expected is tuple and isinstance(value, list):
         value = tuple(value)
     if expected is typing.Any:
@@ -301,7 +314,7 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. optim.lr=3e-4.")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = _load_yaml(raw) if raw else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err}).") from None
         parsed.append((key.split("."), value))
@@ -341,7 +354,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass a YAML file (see configs/).")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if data is None:

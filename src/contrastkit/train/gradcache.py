@@ -55,17 +55,30 @@ class RandomState:
                     torch.mps.set_rng_state(mps_before)
 
 
-def batch_size_of(batch: Batch) -> int:
-    """The number of samples in a batch (the first dimension of its first tensor or list)."""
+def _row_counts(batch: Batch) -> list[int]:
+    """The first dimension of every tensor and the length of every list in a batch; dicts and
+    tuples are structure (a tuple of tensors is several inputs, not several samples)."""
     if isinstance(batch, torch.Tensor):
-        return batch.shape[0]
+        return [batch.shape[0]] if batch.dim() else []
     if isinstance(batch, Mapping):
-        for value in batch.values():
-            with contextlib.suppress(InputError):
-                return batch_size_of(value)
-    if isinstance(batch, (list, tuple)):
-        return len(batch)
-    raise InputError(f"gradcache: cannot find the batch size of a {type(batch).__name__}; give tensors.")
+        return [n for value in batch.values() for n in _row_counts(value)]
+    if isinstance(batch, tuple):
+        return [n for value in batch for n in _row_counts(value)]
+    if isinstance(batch, list):
+        return [len(batch)]
+    return []
+
+
+def batch_size_of(batch: Batch) -> int:
+    """The number of samples B, shared by every tensor (first dimension) and list of the batch."""
+    counts = set(_row_counts(batch))
+    if len(counts) != 1:
+        found = "no tensor or list" if not counts else f"different row counts {sorted(counts)}"
+        raise InputError(
+            f"gradcache: cannot find the batch size: the batch has {found}; give tensors (and lists) "
+            f"that share their first dimension."
+        )
+    return counts.pop()
 
 
 def split_batch(batch: Batch, size: int) -> list[Batch]:
@@ -76,10 +89,12 @@ def split_batch(batch: Batch, size: int) -> list[Batch]:
 
 def _slice(batch: Batch, start: int, stop: int) -> Batch:
     if isinstance(batch, torch.Tensor):
-        return batch[start:stop]
+        return batch[start:stop] if batch.dim() else batch
     if isinstance(batch, Mapping):
         return {key: _slice(value, start, stop) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
+    if isinstance(batch, tuple):
+        return tuple(_slice(value, start, stop) for value in batch)
+    if isinstance(batch, list):
         return batch[start:stop]
     return batch
 
@@ -141,6 +156,10 @@ def gradcache_step(
 
     Returns:
         The loss, detached.
+
+    Under DDP, parameters that only ``loss_fn`` uses (a learnable scale inside the wrapped model)
+    get their gradient outside DDP's synchronised backward; keep them outside the DDP module or
+    all-reduce their gradient yourself (the trainer's distributed mode is issue 5's work).
     """
     if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1:
         raise InputError(f"gradcache: 'micro_batch_size' must be an int >= 1; got {micro_batch_size!r}.")
@@ -159,8 +178,10 @@ def gradcache_step(
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         raise InputError("gradcache: 'loss_fn' must return a 0-d tensor (the batch loss).")
     (scaler.scale(loss) if scaler is not None else loss).backward()
-    sizes = [parts[0].shape[0] for parts in per_micro]
-    cached = [None if leaf.grad is None else leaf.grad.split(sizes) for leaf in full]
+    cached = [
+        None if leaf.grad is None else leaf.grad.split([part.shape[0] for part in parts])
+        for leaf, parts in zip(full, zip(*per_micro, strict=True), strict=True)
+    ]
 
     no_sync = getattr(model, "no_sync", None)
     for index, (micro, state) in enumerate(zip(micro_batches, states, strict=True)):

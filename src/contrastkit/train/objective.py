@@ -59,10 +59,11 @@ def build_objective(
             f"data.views: a one-modality model ({modalities[0]}) needs data.views >= 2 to form pairs "
             f"for {name}."
         )
-    if len(modalities) == 2 and views > 1:
+    if views > 1 and (modalities != ("image",) or not config.data.augment):
         raise ConfigError(
-            f"data.views: {views} augmented views are for one-modality models; this model pairs "
-            f"{modalities[0]} with {modalities[1]}. Set data.views=1."
+            f"data.views: {views} views need an image-only model and data.augment: true (views are "
+            f"independent augmentations of one image); got towers {list(modalities)}, augment "
+            f"{config.data.augment}."
         )
     if len(modalities) > 2:
         raise ConfigError(f"model.towers: the trainer pairs two modalities; got {list(modalities)}.")
@@ -94,6 +95,7 @@ def build_objective(
             return fn(x, y, model.scale(), **options)
         return fn(x, y, **options)
 
+    objective.uses_scale = name in SCALED | SCALED_WITH_BIAS  # type: ignore[attr-defined]
     return objective
 
 

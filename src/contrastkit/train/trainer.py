@@ -49,6 +49,45 @@ class TrainingError(ContrastkitError, RuntimeError):
     """Training cannot go on (a non-finite loss, a finished run asked to resume ...)."""
 
 
+# Keys a resumed run may change: they do not alter what the finished steps computed.
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.progress",
+    "train.tensorboard",
+    "data.num_workers",
+    "data.eval",
+    "data.eval_max_records",
+    "eval.",
+)
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key != "model":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(saved: dict[str, Any], given: dict[str, Any], path: Path) -> None:
+    """Raise if ``given`` changes a key of the checkpoint's config outside ``RESUMABLE_CHANGES``."""
+    old, new = _flatten(saved), _flatten(given)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    fixed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+    if fixed:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fixed[:4])
+        raise TrainingError(
+            f"--resume: the config differs from the one {path} was trained with ({details}). Resume with "
+            f"the run's own config (omit CONFIG to use its config.yaml) and change only "
+            f"{', '.join(RESUMABLE_CHANGES)}."
+        )
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda, mps or cpu, whichever is available; other names are checked."""
     if name == "auto":
@@ -117,9 +156,15 @@ class Trainer:
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.device = resolve_device(config.train.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and not list_checkpoints(self.run_dir):
+        existing = list_checkpoints(self.run_dir)
+        if resume and not existing:
             raise TrainingError(
                 f"--resume: {self.run_dir} has no checkpoint to resume from; drop --resume to start afresh."
+            )
+        if existing and not resume:
+            raise TrainingError(
+                f"{self.run_dir} already holds a run (checkpoints up to {existing[-1].name}); continue it "
+                f"with --resume, or train into another --out."
             )
         seed_everything(config.seed)
         self.train_source = build_source(config.data.train, "train")
@@ -133,6 +178,7 @@ class Trainer:
                 f"({self.train_source.name}: {list(self.train_source.modalities)})."
             )
         self.objective = build_objective(config, self.model)
+        self.logs_scale = self.objective.uses_scale
         self.optimizer = torch.optim.AdamW(
             self.model.param_groups(config.optim.weight_decay),
             lr=config.optim.lr,
@@ -245,6 +291,7 @@ class Trainer:
         checkpoint = load_checkpoint(self.run_dir)
         restore(checkpoint, self.model, self.optimizer)
         state = checkpoint["state"]
+        check_resumable(state["config"], self.config.to_dict(), checkpoint["path"])
         self.step = int(state["step"])
         self.stream.seek(state["data_position"])
         self.bad_records.bad, self.bad_records.seen = (
@@ -307,7 +354,7 @@ class Trainer:
                         "step": self.step,
                         "epoch": self.stream.epoch,
                         "loss": f"{loss:.6f}",
-                        "scale": f"{self.model.logit_scale.value:.4f}",
+                        "scale": f"{self.model.logit_scale.value:.4f}" if self.logs_scale else "",
                         "bias": ""
                         if self.model.bias() is None
                         else f"{float(self.model.bias().detach()):.4f}",
@@ -317,16 +364,14 @@ class Trainer:
                     }
                     log.writerow(row)
                     log_file.flush()
+                    shown = {k: row[k] for k in ("loss", "scale", "bias", "lr", "samples_per_s") if row[k]}
                     if board is not None:
-                        for key in ("loss", "scale", "lr", "samples_per_s"):
-                            board.add_scalar(f"train/{key}", float(row[key]), self.step)
-                    progress.set_postfix(loss=row["loss"], scale=row["scale"], samples_s=row["samples_per_s"])
+                        for key, value in shown.items():
+                            board.add_scalar(f"train/{key}", float(value), self.step)
+                    progress.set_postfix(shown, refresh=False)
                     if not progress.interactive:
-                        print(
-                            f"step {self.step}/{config.train.steps}  loss {row['loss']}  "
-                            f"scale {row['scale']}  {row['samples_per_s']} samples/s",
-                            flush=True,
-                        )
+                        text = "  ".join(f"{k} {v}" for k, v in shown.items() if k != "lr")
+                        print(f"step {self.step}/{config.train.steps}  {text}", flush=True)
                     window_start, window_samples = now, 0
                 if self.step % config.train.checkpoint_every == 0 or self.step == config.train.steps:
                     self._save()
@@ -402,9 +447,9 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(n)
 
-    def set_postfix(self, **values: Any) -> None:
+    def set_postfix(self, values: dict[str, Any], refresh: bool = False) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(values, refresh=False)
+            self.bar.set_postfix(values, refresh=refresh)
 
     def close(self) -> None:
         if self.bar is not None:
