@@ -341,39 +341,22 @@ class Trainer:
         log_file, log = self._open_log()
         board = self._tensorboard()
         progress = _progress(config, self.step)
-        start, seen, window_start, window_samples = time.perf_counter(), 0, time.perf_counter(), 0
+        start = window_start = time.perf_counter()
+        window_samples = 0
         try:
             while self.step < config.train.steps:
                 loss, size = self.train_step()
-                seen += size
                 window_samples += size
                 progress.update(1)
-                if self.step % config.train.log_every == 0 or self.step == config.train.steps:
+                last = self.step == config.train.steps
+                if self.step % config.train.log_every == 0 or last:
                     now = time.perf_counter()
-                    row = {
-                        "step": self.step,
-                        "epoch": self.stream.epoch,
-                        "loss": f"{loss:.6f}",
-                        "scale": f"{self.model.logit_scale.value:.4f}" if self.logs_scale else "",
-                        "bias": ""
-                        if self.model.bias() is None
-                        else f"{float(self.model.bias().detach()):.4f}",
-                        "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
-                        "samples_per_s": f"{window_samples / max(now - window_start, 1e-9):.1f}",
-                        "elapsed_s": f"{now - start:.2f}",
-                    }
+                    row = self._log_row(loss, window_samples / max(now - window_start, 1e-9), now - start)
                     log.writerow(row)
                     log_file.flush()
-                    shown = {k: row[k] for k in ("loss", "scale", "bias", "lr", "samples_per_s") if row[k]}
-                    if board is not None:
-                        for key, value in shown.items():
-                            board.add_scalar(f"train/{key}", float(value), self.step)
-                    progress.set_postfix(shown, refresh=False)
-                    if not progress.interactive:
-                        text = "  ".join(f"{k} {v}" for k, v in shown.items() if k != "lr")
-                        print(f"step {self.step}/{config.train.steps}  {text}", flush=True)
+                    self._report_row(row, board, progress)
                     window_start, window_samples = now, 0
-                if self.step % config.train.checkpoint_every == 0 or self.step == config.train.steps:
+                if self.step % config.train.checkpoint_every == 0 or last:
                     self._save()
         finally:
             progress.close()
@@ -381,6 +364,32 @@ class Trainer:
             if board is not None:
                 board.close()
         self.train_seconds = time.perf_counter() - start
+
+    def _log_row(self, loss: float, samples_per_s: float, elapsed: float) -> dict[str, Any]:
+        """One ``log.csv`` row; scale and bias stay empty when the loss does not use them."""
+        bias = self.model.bias()
+        return {
+            "step": self.step,
+            "epoch": self.stream.epoch,
+            "loss": f"{loss:.6f}",
+            "scale": f"{self.model.logit_scale.value:.4f}" if self.logs_scale else "",
+            "bias": "" if bias is None else f"{float(bias.detach()):.4f}",
+            "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
+            "samples_per_s": f"{samples_per_s:.1f}",
+            "elapsed_s": f"{elapsed:.2f}",
+        }
+
+    def _report_row(self, row: dict[str, Any], board: Any, progress: _Progress) -> None:
+        """The row to TensorBoard, the progress bar, or (without a terminal) a printed line."""
+        shown = {k: row[k] for k in ("loss", "scale", "bias", "lr", "samples_per_s") if row[k]}
+        if board is not None:
+            for key, value in shown.items():
+                board.add_scalar(f"train/{key}", float(value), self.step)
+        progress.set_postfix(shown)
+        if not progress.interactive:
+            values = "  ".join(f"{k} {shown[k]}" for k in ("loss", "scale", "bias") if k in shown)
+            speed = f"{row['samples_per_s']} samples/s"
+            print(f"step {self.step}/{self.config.train.steps}  {values}  {speed}", flush=True)
 
     def evaluate(self) -> dict[str, float]:
         """Final metrics on ``data.eval`` (and the report artifacts)."""
