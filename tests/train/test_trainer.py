@@ -87,7 +87,7 @@ def test_a_run_directory_is_never_overwritten_and_resume_keeps_its_config(tmp_pa
     train(load_config(None, [*TINY_RUN, "train.steps=3"]), tmp_path)
     with pytest.raises(TrainingError, match="already holds a run .*step-000003.*--resume"):
         Trainer(load_config(None, TINY_RUN), tmp_path)
-    with pytest.raises(TrainingError, match=r"config differs .*optim.lr: 0.002 -> 0.1"):
+    with pytest.raises(ConfigError, match=r"config differs .*optim.lr: 0.002 -> 0.1"):
         train(load_config(None, [*TINY_RUN, "optim.lr=0.1"]), tmp_path, resume=True)
     metrics = train(load_config(None, TINY_RUN), tmp_path, resume=True)  # steps may grow
     assert metrics["train/steps"] == 6

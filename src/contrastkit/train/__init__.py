@@ -1,5 +1,28 @@
-"""Training: GradCache, and (issue 4) the config, trainer and checkpoints."""
+"""Training: the config, the Trainer, checkpoints and GradCache.
 
+Example:
+    >>> from contrastkit.train import load_config, train
+    >>> config = load_config("configs/shapes-clip.yaml", ["train.steps=100"])
+    >>> metrics = train(config, "runs/a")  # doctest: +SKIP
+"""
+
+from contrastkit.train.checkpoint import CheckpointError, load_checkpoint, restore, save_checkpoint
+from contrastkit.train.config import Config, ConfigError, load_config
 from contrastkit.train.gradcache import RandomState, gradcache_step, split_batch
+from contrastkit.train.trainer import Trainer, TrainingError, train
 
-__all__ = ["RandomState", "gradcache_step", "split_batch"]
+__all__ = [
+    "CheckpointError",
+    "Config",
+    "ConfigError",
+    "RandomState",
+    "Trainer",
+    "TrainingError",
+    "gradcache_step",
+    "load_checkpoint",
+    "load_config",
+    "restore",
+    "save_checkpoint",
+    "split_batch",
+    "train",
+]

@@ -378,3 +378,42 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     config = _build(Config, data)
     config.validate()
     return config
+
+
+# Keys a resumed run may change: they do not alter what the finished steps computed.
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.progress",
+    "train.tensorboard",
+    "data.num_workers",
+    "data.eval",
+    "data.eval_max_records",
+    "eval.",
+)
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key != "model":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(saved: dict[str, Any], given: dict[str, Any], path: Any) -> None:
+    """Raise if ``given`` changes a key of the checkpoint's config outside ``RESUMABLE_CHANGES``."""
+    old, new = _flatten(saved), _flatten(given)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    fixed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+    if fixed:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fixed[:4])
+        raise ConfigError(
+            f"--resume: the config differs from the one {path} was trained with ({details}). Resume with "
+            f"the run's own config (omit CONFIG to use its config.yaml) and change only "
+            f"{', '.join(RESUMABLE_CHANGES)}."
+        )

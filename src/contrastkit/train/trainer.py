@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,56 +35,18 @@ from contrastkit.train.checkpoint import (
     restore,
     save_checkpoint,
 )
-from contrastkit.train.config import Config, ConfigError
+from contrastkit.train.config import Config, ConfigError, check_resumable
 from contrastkit.train.evaluate import Embedder, evaluate_paired, evaluate_probe, to_device, write_artifacts
 from contrastkit.train.gradcache import gradcache_step
 from contrastkit.train.objective import build_objective, flatten_views
 from contrastkit.train.pipeline import TOKENIZER_FILE, BatchStream, build_source, build_tokenizer
+from contrastkit.train.progress import Progress
 
 LOG_COLUMNS = ("step", "epoch", "loss", "scale", "bias", "lr", "samples_per_s", "elapsed_s")
 
 
 class TrainingError(ContrastkitError, RuntimeError):
     """Training cannot go on (a non-finite loss, a finished run asked to resume ...)."""
-
-
-# Keys a resumed run may change: they do not alter what the finished steps computed.
-RESUMABLE_CHANGES = (
-    "train.steps",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.progress",
-    "train.tensorboard",
-    "data.num_workers",
-    "data.eval",
-    "data.eval_max_records",
-    "eval.",
-)
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and key != "model":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_resumable(saved: dict[str, Any], given: dict[str, Any], path: Path) -> None:
-    """Raise if ``given`` changes a key of the checkpoint's config outside ``RESUMABLE_CHANGES``."""
-    old, new = _flatten(saved), _flatten(given)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    fixed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
-    if fixed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fixed[:4])
-        raise TrainingError(
-            f"--resume: the config differs from the one {path} was trained with ({details}). Resume with "
-            f"the run's own config (omit CONFIG to use its config.yaml) and change only "
-            f"{', '.join(RESUMABLE_CHANGES)}."
-        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -340,7 +301,7 @@ class Trainer:
             self._resume()
         log_file, log = self._open_log()
         board = self._tensorboard()
-        progress = _progress(config, self.step)
+        progress = Progress(config.train.steps, self.step, config.train.progress)
         start = window_start = time.perf_counter()
         window_samples = 0
         try:
@@ -379,7 +340,7 @@ class Trainer:
             "elapsed_s": f"{elapsed:.2f}",
         }
 
-    def _report_row(self, row: dict[str, Any], board: Any, progress: _Progress) -> None:
+    def _report_row(self, row: dict[str, Any], board: Any, progress: Progress) -> None:
         """The row to TensorBoard, the progress bar, or (without a terminal) a printed line."""
         shown = {k: row[k] for k in ("loss", "scale", "bias", "lr", "samples_per_s") if row[k]}
         if board is not None:
@@ -439,34 +400,6 @@ def _version() -> str:
     from contrastkit import __version__
 
     return __version__
-
-
-class _Progress:
-    """A tqdm bar on an interactive terminal; nothing otherwise (the trainer prints log lines)."""
-
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        self.interactive = enabled and sys.stderr.isatty()
-        self.bar = None
-        if self.interactive:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def set_postfix(self, values: dict[str, Any], refresh: bool = False) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(values, refresh=refresh)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _progress(config: Config, initial: int) -> _Progress:
-    return _Progress(config.train.steps, initial, config.train.progress)
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict[str, float]:
