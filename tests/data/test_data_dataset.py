@@ -72,7 +72,7 @@ def test_every_bad_path_becomes_a_bad_record(flickr_like):
     assert sorted(bad) == [3, 4, 5, 6, 7]
     assert "cannot decode" in bad[3]
     assert "missing file" in bad[4] and "missing.jpg" in bad[4]
-    assert "whitespace caption" in bad[5]
+    assert "whitespace-only caption" in bad[5]
     assert "cannot decode" in bad[6]
     assert "empty image path" in bad[7]
     assert str(items[4]).startswith("#4: image: missing file")

@@ -107,3 +107,27 @@ def test_cifar10_shards(shared_data):
     assert record["text"] == f"a photo of a {src.classes[record['label']]}."
     assert Image.open(io.BytesIO(record["image"])).size == (32, 32)
     assert np.bincount(src.labels().numpy()).tolist() == [1000] * 10
+
+
+def test_pieces_of_one_key_are_merged_wherever_they_lie(tmp_path):
+    write_tar(
+        tmp_path / "x-0.tar",
+        {"a.jpg": jpeg((255, 0, 0)), "b.jpg": jpeg((0, 255, 0)), "a.cls": b"1", "b.cls": b"0"},
+    )
+    src = ShardSource(str(tmp_path / "x-0.tar"))
+    assert len(src) == 2 and src.label_list() == [1, 0]
+
+
+def test_a_sample_without_its_label_is_named(tmp_path):
+    write_tar(tmp_path / "y-0.tar", {"a.jpg": jpeg((255, 0, 0)), "a.cls": b"1", "b.jpg": jpeg((0, 0, 255))})
+    with pytest.raises(DataError, match=r"1 sample\(s\) have no '.cls' label file .*y-0.tar/b"):
+        ShardSource(str(tmp_path / "y-0.tar"))
+
+
+def test_negative_seeds_are_refused_up_front():
+    from contrastkit.data import ContrastiveDataset, NoDuplicatesBatchSampler
+
+    with pytest.raises(InputError, match="'generator_seed' must be an int >= 0"):
+        ContrastiveDataset(get_source("shapes", "train", n=4), generator_seed=-1)
+    with pytest.raises(InputError, match="'seed' must be an int >= 0"):
+        NoDuplicatesBatchSampler(list(range(10)), 2, seed=-1)

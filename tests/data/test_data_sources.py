@@ -123,3 +123,11 @@ def test_empty_cells_stay_records(tmp_path):
     assert len(src) == 2
     assert src[0]["image"] == "" and src[0]["text"] == " "
     assert src[1]["text"] == ""  # a short row: the dataset reports it as a bad record
+
+
+def test_extra_cells_and_late_jsonl_keys_are_not_lost(tmp_path):
+    with pytest.raises(DataError, match=r"row 2 has 3 cells but the header has 2 .*quote cells"):
+        ManifestSource(write(tmp_path / "m.csv", "image,caption\na.jpg,A dog, running fast\n"))
+    rows = '{"image": "a.jpg", "text": "a"}\n{"image": "b.jpg", "text": "b", "label": 1}\n'
+    with pytest.raises(DataError, match="row 1 has an empty 'label'"):  # seen in row 2, not dropped
+        ManifestSource(write(tmp_path / "m.jsonl", rows))

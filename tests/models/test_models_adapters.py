@@ -57,7 +57,7 @@ def test_minilm_matches_sentence_transformers(minilm, monkeypatch):
 def test_minilm_tokenizer_follows_the_contract(minilm):
     _, tower = minilm
     tok = tower.tokenizer
-    assert (tok.vocab_size, tok.max_length, tok.pad_id) == (30522, 128, 0)
+    assert (tok.vocab_size, tok.max_length, tok.pad_id) == (30522, 256, 0)  # MiniLM's max_seq_length
     batch = tok(["a b c d e f", "a"])
     assert set(batch) == {"input_ids", "attention_mask"}
     assert all(v.dtype == torch.int64 and v.shape == (2, 8) for v in batch.values())  # [CLS] 6 [SEP]
@@ -77,8 +77,8 @@ def test_minilm_ignores_padding_and_checks_ids(minilm):
     padded = {k: F.pad(v, (0, 3)) for k, v in batch.items()}
     with torch.no_grad():
         torch.testing.assert_close(tower(batch), tower(padded), atol=1e-5, rtol=1e-5)
-    with pytest.raises(InputError, match="max_length 128"):
-        tower({k: torch.ones(1, 129, dtype=torch.long) for k in ("input_ids", "attention_mask")})
+    with pytest.raises(InputError, match="max_length 256"):
+        tower({k: torch.ones(1, 257, dtype=torch.long) for k in ("input_ids", "attention_mask")})
     with pytest.raises(InputError, match=r"\[0, 30522\)"):
         tower({"input_ids": torch.tensor([[30522]]), "attention_mask": torch.tensor([[1]])})
 

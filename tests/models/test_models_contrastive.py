@@ -253,3 +253,19 @@ def test_encode_checks_the_tower_contract(out, match):
     expected = f"tower 'x' \\(FixedTower\\) must return a float \\(B, 4\\).*{match}"
     with pytest.raises(InputError, match=expected):
         model.encode("x", None)
+
+
+def test_param_groups_survive_a_deep_copy():
+    import copy
+
+    model = make_model(init_bias=-10.0)
+    names = [
+        [n for n, p in model.named_parameters() if any(p is q for q in g["params"])]
+        for g in model.param_groups(0.1)
+    ]
+    twin = copy.deepcopy(model)  # an EMA teacher, say: Parameter attributes do not survive this
+    twin_names = [
+        [n for n, p in twin.named_parameters() if any(p is q for q in g["params"])]
+        for g in twin.param_groups(0.1)
+    ]
+    assert twin_names == names

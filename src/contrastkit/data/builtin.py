@@ -40,6 +40,17 @@ def _check_split(name: str, split: str, splits: Sequence[str]) -> None:
         )
 
 
+def _fills(template: object) -> bool:
+    """Whether ``template`` is a str that formats with ``label`` alone."""
+    if not isinstance(template, str) or "{label}" not in template:
+        return False
+    try:
+        template.format(label="x")
+    except (IndexError, KeyError, ValueError):
+        return False
+    return True
+
+
 class LabelCaptionSource(Source):
     """Adds a caption made from the class name to every record of a labelled source.
 
@@ -55,10 +66,10 @@ class LabelCaptionSource(Source):
             raise InputError(
                 f"LabelCaptionSource: source {source.name!r} has no 'classes' to write captions from."
             )
-        if isinstance(templates, str) or not templates or not all("{label}" in t for t in templates):
+        if isinstance(templates, str) or not templates or not all(_fills(t) for t in templates):
             raise InputError(
                 f"LabelCaptionSource: argument 'templates' must be a non-empty list of strings with a "
-                f"'{{label}}' field; got {templates!r}."
+                f"'{{label}}' field and no other fields; got {templates!r}."
             )
         self.source, self.templates = source, tuple(templates)
         self.name, self.classes = source.name, source.classes
@@ -71,10 +82,10 @@ class LabelCaptionSource(Source):
     def _record(self, index: int) -> Record:
         record = self.source[index]
         label = record.get("label")
-        if label is not None and 0 <= label < len(self.classes):
+        if label is not None and not 0 <= label < len(self.classes):
+            raise ValueError(f"label {label} is outside the {len(self.classes)} classes of {self.name!r}")
+        if label is not None:
             record["text"] = self.templates[self._choice[index]].format(label=self.classes[label])
-        else:
-            record["text"] = ""
         return record
 
     def group_keys(self) -> list[Hashable]:
@@ -119,6 +130,11 @@ class DigitsSource(Source):
     def __init__(self, split: str = "train", image_size: int = 32, test_fraction: float = 0.2, seed: int = 0):
         _check_split("digits", split, ("train", "test"))
         test_fraction = check_range("DigitsSource", "test_fraction", test_fraction, 0.0, 1.0)
+        if not 0.0 < test_fraction < 1.0:
+            raise InputError(
+                f"DigitsSource: argument 'test_fraction' must lie strictly between 0 and 1 (both splits "
+                f"non-empty); got {test_fraction!r}."
+            )
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
             raise InputError(f"DigitsSource: argument 'image_size' must be an int >= 8; got {image_size!r}.")
         images, targets = _load_digits()

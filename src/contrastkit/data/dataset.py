@@ -37,10 +37,10 @@ def _item_problem(modality: str, item: Any) -> str | None:
     """A reason the raw item is unusable before any transform runs (None when it looks fine)."""
     if item is None:
         return f"missing {modality}"
-    if modality == "text" and (not isinstance(item, str) or not item.strip()):
-        return (
-            "empty caption" if isinstance(item, str) and not item else f"empty or whitespace caption {item!r}"
-        )
+    if modality == "text" and not isinstance(item, str):
+        return f"caption is a {type(item).__name__}, not text: {item!r}"
+    if modality == "text" and not item.strip():
+        return "empty caption" if not item else f"whitespace-only caption {item!r}"
     return None
 
 
@@ -84,15 +84,20 @@ class ContrastiveDataset(torch.utils.data.Dataset):
                         f"ContrastiveDataset: no default transform for modality {modality!r}; pass one."
                     )
                 transforms[modality] = _DEFAULTS[modality]()
+        for name, value in (("generator_seed", generator_seed),):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"ContrastiveDataset: '{name}' must be an int >= 0; got {value!r}.")
         self.source = source
         self.transforms = transforms
-        self.generator_seed = int(generator_seed)
+        self.generator_seed = generator_seed
         self.epoch = 0
         self._with_generator = {m: _accepts_generator(t) for m, t in transforms.items()}
 
     def set_epoch(self, epoch: int) -> None:
         """Use the augmentations of ``epoch`` (with DataLoader workers, call it before iterating)."""
-        self.epoch = int(epoch)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise InputError(f"ContrastiveDataset.set_epoch: 'epoch' must be an int >= 0; got {epoch!r}.")
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.source)

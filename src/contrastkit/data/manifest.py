@@ -45,7 +45,7 @@ def _read_rows(path: Path, fmt: str) -> tuple[list[str], list[dict[str, Any]]]:
                         f"got {type(row).__name__}."
                     )
                 rows.append(row)
-            header = list(rows[0]) if rows else []
+            header = list(dict.fromkeys(key for row in rows for key in row))  # every row's keys
             return header, rows
         if fmt == "tsv":
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -55,7 +55,14 @@ def _read_rows(path: Path, fmt: str) -> tuple[list[str], list[dict[str, Any]]]:
     if not lines:
         return [], []
     header = [h.strip() for h in lines[0]]
-    return header, [dict(zip(header, r, strict=False)) for r in lines[1:]]
+    for line_no, cells in enumerate(lines[1:], start=2):
+        if len(cells) > len(header):  # a short row keeps empty cells and becomes a bad record
+            hint = "quote cells that hold commas" if fmt == "csv" else "captions must not hold a tab"
+            raise DataError(
+                f"ManifestSource: {path} row {line_no} has {len(cells)} cells but the header has "
+                f"{len(header)} ({', '.join(header)}); {hint}."
+            )
+    return header, [dict(zip(header, r + [""] * (len(header) - len(r)), strict=True)) for r in lines[1:]]
 
 
 def _default_columns(header: list[str]) -> dict[str, str]:
@@ -126,7 +133,7 @@ class ManifestSource(Source):
         if not rows:
             raise DataError(f"ManifestSource: manifest {path} has no data rows (header: {header}).")
         self.path = path
-        self.folder = path.parent
+        self.folder = path.resolve().parent
         self.name = name or path.stem
         self.columns = self._resolve_columns(columns, header)
         self.modalities = tuple(m for m in MODALITIES if m in self.columns)

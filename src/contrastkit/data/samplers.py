@@ -40,7 +40,7 @@ class _ResumableBatchSampler(torch.utils.data.Sampler):
     """Shared epoch / position bookkeeping; subclasses implement ``_plan(epoch) -> batches``."""
 
     def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
+        self.seed = _check_int(type(self).__name__, "seed", seed, 0)
         self.epoch = 0
         self.start_batch = 0
         self.position = 0

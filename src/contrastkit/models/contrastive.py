@@ -141,6 +141,10 @@ class ContrastiveModel(nn.Module):
             self.logit_bias = mark_no_weight_decay(nn.Parameter(torch.tensor(value)))
         for m in self.frozen:
             self.towers[m].requires_grad_(False)
+        # by name: a plain attribute on a Parameter does not survive copy.deepcopy (EMA teachers)
+        self.no_weight_decay_names = {
+            name for name, p in self.named_parameters() if getattr(p, "no_weight_decay", False)
+        }
         self.train()
 
     @property
@@ -223,7 +227,7 @@ class ContrastiveModel(nn.Module):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            skip = p.dim() < 2 or name.endswith(".bias") or getattr(p, "no_weight_decay", False)
+            skip = p.dim() < 2 or name.endswith(".bias") or name in self.no_weight_decay_names
             (no_decay if skip else decay).append(p)
         groups = [
             {"name": "decay", "params": decay, "weight_decay": wd},

@@ -207,6 +207,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
+        _at_least("seed", self.seed, 0)
         for section in (self.data, self.optim, self.train, self.eval):
             section.validate()
         if not isinstance(self.model.get("towers"), Mapping) or not self.model["towers"]:
