@@ -99,6 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics, _ = evaluate_paired(embed, source, config.eval.templates, args.max_records)
     elif model.modalities == ("image",) and source.labels() is not None:
         train_source = build_source(config.data.train, "train")
+        if train_source.labels() is None:
+            raise ContrastkitError("eval: the kNN / linear probe needs labels in the training data too.")
         metrics = evaluate_probe(embed, train_source, source, config.eval.knn_k, args.max_records)
     else:
         raise ContrastkitError(

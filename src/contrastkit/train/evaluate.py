@@ -53,11 +53,10 @@ class Embedder:
     ) -> tuple[torch.Tensor, list[int]]:
         """(embeddings (n, D) float32 on CPU, the indices that loaded; bad records are left out)."""
         if modality == "text":
-            kept = [
-                i for i in indices if isinstance(source[i].get("text"), str) and source[i]["text"].strip()
-            ]
+            captions = {i: source[i].get("text") for i in indices}
+            kept = [i for i, text in captions.items() if isinstance(text, str) and text.strip()]
             chunks = [
-                self.texts([source[i]["text"] for i in kept[s : s + self.batch_size]])
+                self.texts([captions[i] for i in kept[s : s + self.batch_size]])
                 for s in range(0, len(kept), self.batch_size)
             ]
             return (torch.cat(chunks) if chunks else torch.empty(0, self.model.embed_dim)), kept
@@ -93,11 +92,11 @@ class Embedder:
 
 def _first_of_each_group(source: Source, limit: int | None) -> tuple[list[int], torch.Tensor]:
     """(index of the first record of each group, group index of every record), capped at ``limit`` groups."""
-    groups, group_of = source.groups()
+    _, group_of = source.groups()
     first: dict[int, int] = {}
     for index, group in enumerate(group_of.tolist()):
         first.setdefault(group, index)
-    chosen = sorted(first.values(), key=lambda i: int(group_of[i]))
+    chosen = list(first.values())  # groups are numbered in first-seen order
     return (chosen if limit is None else chosen[:limit]), group_of
 
 
@@ -135,7 +134,8 @@ def evaluate_paired(
 def evaluate_probe(
     embed: Embedder, train: Source, test: Source, k: int, max_records: int | None
 ) -> dict[str, float]:
-    """kNN and linear-probe accuracy of the image embeddings (labels needed on both sources)."""
+    """kNN and linear-probe accuracy of the image embeddings (labels needed on both sources),
+    on the first ``max_records`` records of each (5,000 when None)."""
     limit = max_records or 5000
     train_z, train_kept = embed(train, "image", list(range(min(len(train), limit))))
     test_z, test_kept = embed(test, "image", list(range(min(len(test), limit))))

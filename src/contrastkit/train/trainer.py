@@ -369,7 +369,11 @@ class Trainer:
             )
             metrics.update(found)
             write_artifacts(self.run_dir, source, artifacts, config.data.image_size, config.eval.examples)
-        elif modalities == ("image",) and source.labels() is not None:
+        elif (
+            modalities == ("image",)
+            and source.labels() is not None
+            and self.train_source.labels() is not None
+        ):
             metrics.update(
                 evaluate_probe(
                     embed, self.train_source, source, config.eval.knn_k, config.data.eval_max_records
