@@ -113,6 +113,9 @@ def test_eval_rebuilds_a_bpe_tokenizer_from_the_checkpoint(tmp_path, capsys):
         == 0
     )
     assert "retrieval/i2t_R@1" in capsys.readouterr().out
+    (out / "checkpoints" / "step-000003" / "tokenizer.json").unlink()
+    assert main(["eval", str(out), "--data", "shapes"]) == 2
+    assert "holds no tokenizer.json; the checkpoint is incomplete" in capsys.readouterr().err
 
 
 def test_resume_without_a_config_uses_the_runs_own(tmp_path, capsys):

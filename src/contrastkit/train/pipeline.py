@@ -61,21 +61,20 @@ def image_transforms(config: Config, train: bool) -> dict[str, Any]:
     return {"image": MultiView(transform, config.data.views) if config.data.views > 1 else transform}
 
 
-def build_tokenizer(config: Config, source: Source, run_dir: Path | None, model_tokenizer: Any = None) -> Any:
-    """The text tokenizer of a run: byte-level, a BPE trained on the training captions (saved in
-    ``run_dir``), or the text tower's own (``data.tokenizer: model``)."""
+def build_tokenizer(config: Config, source: Source | None, run_dir: Path | None) -> Any:
+    """``data.tokenizer``: ``byte``, or ``bpe``: ``run_dir/tokenizer.json`` when it exists, else a
+    BPE trained on ``source``'s captions and saved there. (``model`` is the text tower's own; the
+    trainer takes it from the tower.)"""
     data = config.data
     if data.tokenizer == "byte":
         return ByteTokenizer(data.max_length)
-    if data.tokenizer == "model":
-        if model_tokenizer is None:
-            raise ConfigError(
-                "data.tokenizer: 'model' needs a text tower that carries a tokenizer (type: hf)."
-            )
-        return model_tokenizer
     saved = None if run_dir is None else run_dir / TOKENIZER_FILE
     if saved is not None and saved.is_file():
         return BPETokenizer.load(saved)
+    if source is None:
+        raise ConfigError(
+            f"data.tokenizer: 'bpe' but {run_dir} holds no {TOKENIZER_FILE}; the checkpoint is incomplete."
+        )
     texts = [source[i]["text"] for i in range(len(source))]
     tokenizer = BPETokenizer.train(
         [t for t in texts if isinstance(t, str) and t.strip()], data.vocab_size, data.max_length
