@@ -1,6 +1,7 @@
 """The ``contrastkit`` command: train, eval, embed, report, info.
 
     contrastkit train [CONFIG] [--set optim.lr=3e-4 ...] [--out DIR] [--resume]
+    torchrun --nproc_per_node N -m contrastkit.cli train CONFIG ...   (or the contrastkit script)
     contrastkit eval CHECKPOINT --data shapes|MANIFEST|SHARDS [--split test] [--out metrics.json]
     contrastkit embed CHECKPOINT --data ... --modality image|text --out FILE
     contrastkit report RUN_DIR
@@ -52,8 +53,9 @@ def _default_out(config_path: str | None) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from contrastkit.distributed import agree_on_value, distributed_run
     from contrastkit.train.config import load_config
-    from contrastkit.train.trainer import train
+    from contrastkit.train.trainer import resolve_device, train
 
     if args.resume and args.out is None:
         raise ContrastkitError("--resume needs --out RUN_DIR (the run to continue).")
@@ -61,11 +63,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and config_path is None and (Path(args.out) / "config.yaml").is_file():
         config_path = Path(args.out) / "config.yaml"  # the run's own config
     config = load_config(config_path, args.set)
-    out = Path(args.out) if args.out else _default_out(args.config)
-    print(f"run directory: {out}", flush=True)
-    metrics = train(config, out, resume=args.resume)
-    _print_metrics(metrics)
-    print(f"report: {out / 'report.html'}")
+    with distributed_run(resolve_device(config.train.device)) as main:
+        out = Path(args.out) if args.out else _default_out(args.config)
+        out = Path(agree_on_value(str(out)))  # under torchrun: rank 0's (timestamped) choice
+        if main:
+            print(f"run directory: {out}", flush=True)
+        metrics = train(config, out, resume=args.resume)
+        if main:
+            _print_metrics(metrics)
+            print(f"report: {out / 'report.html'}")
     return 0
 
 

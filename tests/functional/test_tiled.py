@@ -171,6 +171,23 @@ def test_siglip_chunk_size_zero_is_bit_identical_to_the_formula():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_skip_diagonal_with_anchors_the_first_rows_of_the_candidates(dtype):
+    """A rank's anchors are the first rows of the gathered candidates: self is l_ii for i < B."""
+    y = unit_rows(13, 5, seed=22, dtype=dtype)
+    n = 6
+
+    def plain():
+        logits = 3.0 * (y[:n] @ y.T)
+        logits = logits.masked_fill(torch.eye(n, 13, dtype=torch.bool), float("-inf"))
+        return torch.logsumexp(logits, 1)
+
+    def fast():
+        return tiled_logsumexp(y[:n], y, 3.0, chunk_size=4, col_chunk_size=5, skip_diagonal=True)[0]
+
+    assert_same_loss_and_grads(plain, fast, (y,), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(("rows", "cols"), [(1, 1), (3, 2), (5, 64), (64, 7)])
 @pytest.mark.parametrize("skip_diagonal", [False, True])
 def test_tiled_logsumexp_matches_torch_with_uneven_column_tiles(dtype, rows, cols, skip_diagonal):
@@ -273,8 +290,8 @@ def test_the_engine_checks_its_own_arguments():
             tiled_logsumexp(x, y, 1.0, chunk_size=bad)
         with pytest.raises(InputError, match="'col_chunk_size' must be a positive number"):
             tiled_softplus_sum(x, y, 1.0, chunk_size=2, col_chunk_size=bad)
-    with pytest.raises(InputError, match="skip_diagonal needs x and y to index the same set"):
-        tiled_logsumexp(x, y, 1.0, skip_diagonal=True)
+    with pytest.raises(InputError, match="skip_diagonal needs x to be the first rows of y's set"):
+        tiled_logsumexp(y, x, 1.0, skip_diagonal=True)
     with pytest.raises(InputError, match=r"\(B, D\) and \(M, D\)"):
         tiled_logsumexp(x, unit_rows(5, 4, seed=34), 1.0)
 

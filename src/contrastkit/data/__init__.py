@@ -23,10 +23,16 @@ from contrastkit.data.builtin import (
 )
 from contrastkit.data.dataset import Collator, ContrastiveDataset
 from contrastkit.data.manifest import ManifestSource
-from contrastkit.data.samplers import ClassBalancedBatchSampler, NoDuplicatesBatchSampler
+from contrastkit.data.samplers import (
+    ClassBalancedBatchSampler,
+    DistributedBatchSampler,
+    NoDuplicatesBatchSampler,
+    split_rows,
+)
 from contrastkit.data.shapes import ShapesSource
 from contrastkit.data.shards import ShardSource, expand_shard_urls
 from contrastkit.data.sources import MODALITIES, ListSource, Source
+from contrastkit.data.stream import ShardStream
 from contrastkit.data.tokenize import BPETokenizer, ByteTokenizer, pad_sequences
 from contrastkit.data.transforms import ImageTransform, SeriesTransform, TextTransform, load_image
 
@@ -42,6 +48,7 @@ __all__ = [
     "ContrastiveDataset",
     "DataError",
     "DigitsSource",
+    "DistributedBatchSampler",
     "ImageTransform",
     "LabelCaptionSource",
     "ListSource",
@@ -50,6 +57,7 @@ __all__ = [
     "SeriesTransform",
     "ShapesSource",
     "ShardSource",
+    "ShardStream",
     "Source",
     "TextTransform",
     "default_data_root",
@@ -57,6 +65,7 @@ __all__ = [
     "get_source",
     "load_image",
     "pad_sequences",
+    "split_rows",
 ]
 
 try:  # the BEIR reader is written separately; the package works without it

@@ -59,15 +59,21 @@ class BadRecordLog:
         self.seen = 0
         self.examples: list[BadRecord] = []
 
-    def add(self, bad_records: Iterable[BadRecord], seen: int) -> None:
-        """Record a batch: ``bad_records`` found among ``seen`` records attempted (bad ones included)."""
+    def add(self, bad_records: Iterable[BadRecord], seen: int, elsewhere: int = 0) -> None:
+        """Record a batch: ``bad_records`` found among ``seen`` records attempted (bad ones included),
+        plus ``elsewhere`` bad records counted without examples (other ranks' share of the batch)."""
         bad_records = list(bad_records)
-        if isinstance(seen, bool) or not isinstance(seen, int) or seen < len(bad_records):
+        if isinstance(elsewhere, bool) or not isinstance(elsewhere, int) or elsewhere < 0:
+            raise InputError(
+                f"BadRecordLog.add: argument 'elsewhere' must be an int >= 0; got {elsewhere!r}."
+            )
+        if isinstance(seen, bool) or not isinstance(seen, int) or seen < len(bad_records) + elsewhere:
             raise InputError(
                 f"BadRecordLog.add: argument 'seen' must be an int >= the number of bad records "
-                f"({len(bad_records)}): it counts every record attempted, bad ones included; got {seen!r}."
+                f"({len(bad_records) + elsewhere}): it counts every record attempted, bad ones "
+                f"included; got {seen!r}."
             )
-        self.bad += len(bad_records)
+        self.bad += len(bad_records) + elsewhere
         self.seen += seen
         room = self.keep - len(self.examples)
         if room > 0:

@@ -5,12 +5,15 @@ epoch and the number of batches already yielded in it, and ``load_state_dict`` (
 ``set_epoch(epoch, start_batch=k)``) makes the next iteration continue from batch k exactly.
 With DataLoader workers the sampler runs ahead of training (prefetch), so a trainer should
 store the number of batches it has *trained on* as ``"batch"`` rather than the sampler's count.
+
+Under ``torch.distributed``, ``DistributedBatchSampler`` wraps either sampler and hands each rank
+its contiguous slice (``split_rows``) of every global batch.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -220,3 +223,87 @@ class ClassBalancedBatchSampler(_ResumableBatchSampler):
                 batch.extend(chunks[c][int(remaining[c])])
             plan.append(batch)
         return plan
+
+
+def split_rows(total: int, world: int) -> list[int]:
+    """Rows of each of ``world`` ranks when ``total`` rows are split as evenly as possible.
+
+    The first ``total % world`` ranks get one row more: ``split_rows(10, 4) == [3, 3, 2, 2]``.
+    """
+    total = _check_int("split_rows", "total", total, 0)
+    world = _check_int("split_rows", "world", world, 1)
+    base, extra = divmod(total, world)
+    return [base + 1 if r < extra else base for r in range(world)]
+
+
+def _rank_and_world(fn: str, rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size), each defaulting to torch.distributed's (0 / 1 without a process group)."""
+    dist = torch.distributed
+    active = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size() if active else 1
+    if rank is None:
+        rank = dist.get_rank() if active else 0
+    world_size = _check_int(fn, "world_size", world_size, 1)
+    rank = _check_int(fn, "rank", rank, 0)
+    if rank >= world_size:
+        raise InputError(
+            f"{fn}: argument 'rank' must be in [0, {world_size}) for world_size={world_size}; got {rank}."
+        )
+    return rank, world_size
+
+
+class DistributedBatchSampler(torch.utils.data.Sampler):
+    """This rank's contiguous slice of every global batch of a wrapped batch sampler.
+
+    The wrapped sampler yields *global* batches (lists of dataset indices) and is built alike on
+    every rank (same arguments, same seed), so all ranks walk the same batches; rank r keeps rows
+    ``sum(sizes[:r]) : sum(sizes[:r + 1])`` of each, ``sizes = split_rows(len(batch), world_size)``,
+    and the ranks' slices concatenated in rank order are the global batch. The global batch stays
+    the unit: a ``NoDuplicatesBatchSampler``'s "no two records of one group in a batch" holds
+    across all ranks, a ``ClassBalancedBatchSampler`` batch is split as it is (a class's records may
+    fall on different ranks; gather the embeddings for the loss), and resuming is exact because every
+    rank counts the same global batches.
+
+    ``set_epoch(epoch, start_batch=0)``, ``state_dict()``, ``load_state_dict(state)``,
+    ``batches(epoch)`` (the *global* batches), ``position`` and ``epoch`` are those of the wrapped
+    sampler (AttributeError when it lacks them); ``len`` is its number of batches.
+
+    Args:
+        batch_sampler: any iterable of global batches (e.g. ``NoDuplicatesBatchSampler``).
+        rank: this process's rank (default: torch.distributed's, 0 without a process group).
+        world_size: number of ranks (default: torch.distributed's, 1 without a process group).
+
+    Raises:
+        InputError: on iteration, when a global batch has fewer records than ``world_size``.
+    """
+
+    _DELEGATED = frozenset({"set_epoch", "state_dict", "load_state_dict", "batches", "position", "epoch"})
+
+    def __init__(
+        self, batch_sampler: Iterable[Sequence[int]], rank: int | None = None, world_size: int | None = None
+    ) -> None:
+        self.batch_sampler = batch_sampler
+        self.rank, self.world_size = _rank_and_world("DistributedBatchSampler", rank, world_size)
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("batch_sampler")
+        if name in DistributedBatchSampler._DELEGATED and inner is not None:
+            return getattr(inner, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batch_sampler:
+            batch = list(batch)
+            if len(batch) < self.world_size:
+                raise InputError(
+                    f"DistributedBatchSampler: a global batch of {len(batch)} record(s) cannot be split "
+                    f"over world_size={self.world_size} ranks (every rank needs at least one); raise the "
+                    f"batch size to at least {self.world_size} (and drop short last batches)."
+                )
+            sizes = split_rows(len(batch), self.world_size)
+            start = sum(sizes[: self.rank])
+            yield batch[start : start + sizes[self.rank]]
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)

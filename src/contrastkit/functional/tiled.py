@@ -224,8 +224,8 @@ def tiled_logsumexp(
 
         r_i = log sum_j exp l_ij   (B,),      c_j = log sum_i exp l_ij   (M,) when ``cols``
 
-    Both come from the same matmul per tile. With ``skip_diagonal`` (x and y index the same set,
-    B = M) the self-similarity l_ii is left out, as NT-Xent and SupCon need.
+    Both come from the same matmul per tile. With ``skip_diagonal`` (x holds the first B rows of
+    y's set, B <= M) the self-similarity l_ii is left out, as NT-Xent and SupCon need.
 
     Args:
         x: (B, D), y: (M, D) in the compute dtype (float32 or float64); gradients flow to both.
@@ -238,9 +238,9 @@ def tiled_logsumexp(
         (r, c): r (B,), and c (M,) or an empty tensor when ``cols`` is False.
     """
     col_tile = _plan("tiled_logsumexp", x, y, chunk_size, col_chunk_size)
-    if skip_diagonal and x.shape[0] != y.shape[0]:
+    if skip_diagonal and x.shape[0] > y.shape[0]:
         raise InputError(
-            f"tiled_logsumexp: skip_diagonal needs x and y to index the same set (B == M); got "
+            f"tiled_logsumexp: skip_diagonal needs x to be the first rows of y's set (B <= M); got "
             f"{x.shape[0]} and {y.shape[0]} rows."
         )
     return _TiledLogSumExp.apply(

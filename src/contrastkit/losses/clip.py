@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contrastkit.distributed import agreement, resolve_mode
 from contrastkit.errors import (
+    InputError,
     check_embeddings,
     check_flag,
     check_has_negatives,
@@ -30,6 +32,7 @@ from contrastkit.functional import (
     scaled_logits,
     tiled_logsumexp,
 )
+from contrastkit.losses.infonce import directional_cross_entropy
 from contrastkit.losses.scale import LogitScale
 
 
@@ -43,6 +46,7 @@ def clip_loss(
     sample_ids: torch.Tensor | None = None,
     ignore_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    distributed: str | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over paired embeddings, as open_clip's ``ClipLoss``.
 
@@ -69,6 +73,9 @@ def clip_loss(
             with that many rows (one matmul per tile gives both the row and the column
             log-sum-exp, O(B) memory, recomputed in backward); 0 never tiles. ``ignore_mask``
             needs the plain path.
+        distributed: under ``torch.distributed``, ``"local"`` (this rank's rows against every
+            rank's columns; mean over ranks = the loss) or ``"gather"`` (the whole loss on every
+            rank); see ``contrastkit.distributed``. None: this process's batch only.
 
     Returns:
         The scalar loss, float32 (float64 for float64 input).
@@ -80,24 +87,44 @@ def clip_loss(
     Reference: Radford et al. 2021, arXiv 2103.00020; open_clip ``ClipLoss``.
     """
     fn = "clip_loss"
-    check_same_device(fn, x=x, y=y, scale=scale, bias=bias, sample_ids=sample_ids, ignore_mask=ignore_mask)
-    x = check_embeddings(fn, "x", x)
-    y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
-    scale = check_scale(fn, "scale", scale)
-    label_smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
-    if bias is not None:
-        bias = check_scalar(fn, "bias", bias)
-        if isinstance(bias, torch.Tensor) or bias != 0:
-            warnings.warn(
-                "clip_loss: a scalar bias cancels in the softmax and receives zero gradient; "
-                "it is only meaningful for siglip_loss.",
-                UserWarning,
-                stacklevel=2,
+    mode = resolve_mode(fn, distributed)
+    with agreement(fn, mode) as agreed:
+        check_same_device(
+            fn, x=x, y=y, scale=scale, bias=bias, sample_ids=sample_ids, ignore_mask=ignore_mask
+        )
+        x = check_embeddings(fn, "x", x)
+        y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
+        scale = check_scale(fn, "scale", scale)
+        label_smoothing = check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
+        if bias is not None:
+            bias = check_scalar(fn, "bias", bias)
+            if isinstance(bias, torch.Tensor) or bias != 0:
+                warnings.warn(
+                    "clip_loss: a scalar bias cancels in the softmax and receives zero gradient; "
+                    "it is only meaningful for siglip_loss.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        if sample_ids is not None:
+            sample_ids = check_labels(fn, "sample_ids", sample_ids, x.shape[0])
+        if mode is not None and ignore_mask is not None:
+            raise InputError(
+                f"{fn}: 'ignore_mask' is a mask over one process's batch; it has no distributed form."
             )
+        agreed.rows = x.shape[0]
+    layout = agreed.layout
+    if mode == "local":
+        return _local_clip_loss(fn, layout, x, y, scale, bias, label_smoothing, sample_ids, chunk_size)
+    if mode == "gather":
+        x, y = layout.gather(x), layout.gather(y)
+        sample_ids = None if sample_ids is None else layout.gather_values(sample_ids, local_first=False)
+    return _global_clip_loss(fn, x, y, scale, bias, label_smoothing, sample_ids, ignore_mask, chunk_size)
+
+
+def _global_clip_loss(fn, x, y, scale, bias, label_smoothing, sample_ids, ignore_mask, chunk_size):
+    """``clip_loss`` over the whole (validated) batch on this process."""
     batch = x.shape[0]
     check_has_negatives(fn, batch, f"the batch holds {batch} pair")
-    if sample_ids is not None:
-        sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
     unsupported = None if ignore_mask is None else "a (B, B) 'ignore_mask'"
     chunk = choose_tiling(fn, chunk_size, batch, batch, compute_dtype(x, y), unsupported)
     if chunk:
@@ -120,6 +147,19 @@ def clip_loss(
     rows = multi_positive_cross_entropy(logits, positive, ignore_mask, label_smoothing=label_smoothing)
     cols = multi_positive_cross_entropy(logits.T, positive.T, ignore_t, label_smoothing=label_smoothing)
     return 0.5 * (reduce_anchor_losses(fn, *rows) + reduce_anchor_losses(fn, *cols))
+
+
+def _local_clip_loss(fn, layout, x, y, scale, bias, label_smoothing, sample_ids, chunk_size):
+    """This rank's share of ``clip_loss``: its images against every text and its texts against
+    every image (B_r x B each), summed over its anchors and scaled to W * S_r / n."""
+    check_has_negatives(fn, layout.total, f"the global batch holds {layout.total} pair")
+    all_x, all_y = layout.gather_local_first(x), layout.gather_local_first(y)
+    all_ids = None if sample_ids is None else layout.gather_values(sample_ids)
+    terms = [
+        directional_cross_entropy(fn, q, keys, scale, bias, label_smoothing, sample_ids, all_ids, chunk_size)
+        for q, keys in ((x, all_y), (y, all_x))
+    ]
+    return 0.5 * sum(layout.share(fn, total, layout.count(n)) for total, n in terms)
 
 
 def _tiled_clip_loss(fn, x, y, scale, bias, label_smoothing, sample_ids, chunk):

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from contrastkit.distributed import agreement, resolve_mode
 from contrastkit.errors import (
     InputError,
     check_choice,
@@ -23,6 +24,7 @@ from contrastkit.functional import (
     REDUCTIONS,
     choose_tiling,
     compute_dtype,
+    group_sums,
     multi_positive_cross_entropy,
     reduce_anchor_losses,
     scaled_logits,
@@ -51,6 +53,62 @@ def tiled_diagonal_info_nce(
     return r - scale * (q * keys[: q.shape[0]]).sum(1)
 
 
+def directional_cross_entropy(
+    fn: str,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    scale: float | torch.Tensor,
+    bias: float | torch.Tensor | None,
+    label_smoothing: float,
+    q_ids: torch.Tensor | None,
+    key_ids: torch.Tensor | None,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of queries over keys whose first B rows are the queries' own pairs.
+
+        l_ij = scale <q_i, keys_j> + bias,   L_i = LSE_j l_ij - sum_j w_ij l_ij,
+        w_i = (1 - eps) P_i / |P_i| + eps / M
+
+    with P_i = {i} (``q_ids`` None) or the keys sharing q_i's id. One direction of a CLIP loss over
+    a rank's rows (the keys gathered with its own rows first); plain or tiled as ``chunk_size``.
+
+    Args:
+        q: (B, D); keys: (M >= B, D); q_ids: (B,) and key_ids: (M,) ids (q_ids = key_ids[:B]).
+
+    Returns:
+        (sum over valid queries, their number); a query is valid when it has a negative.
+    """
+    rows, cols = q.shape[0], keys.shape[0]
+    dtype = compute_dtype(q, keys)
+    chunk = choose_tiling(fn, chunk_size, rows, cols, dtype)
+    if not chunk:
+        logits = scaled_logits(q, keys, scale, bias)
+        if q_ids is None:
+            targets = torch.arange(rows, device=q.device)
+            loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="sum")
+            return loss, rows
+        positive = q_ids[:, None] == key_ids[None, :]
+        loss, valid = multi_positive_cross_entropy(logits, positive, label_smoothing=label_smoothing)
+        return loss.sum(), int(valid.sum())
+    q, keys = q.to(dtype), keys.to(dtype)
+    offset = 0.0 if bias is None else bias
+    lse, _ = tiled_logsumexp(q, keys, scale, bias, chunk_size=chunk)
+    valid = None
+    if q_ids is None:
+        target = scale * (q * keys[:rows]).sum(1) + offset
+    else:
+        sums, counts, group = group_sums(keys, key_ids)
+        mine = group[:rows]
+        target = scale * (q * sums[mine]).sum(1) / counts[mine] + offset
+        valid = counts[mine] < cols
+    if label_smoothing:
+        target = (1 - label_smoothing) * target + label_smoothing * (scale * (q @ keys.mean(0)) + offset)
+    loss = lse - target
+    if valid is None:
+        return loss.sum(), rows
+    return loss[valid].sum(), int(valid.sum())
+
+
 def info_nce(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -62,6 +120,7 @@ def info_nce(
     ignore_mask: torch.Tensor | None = None,
     multi_positive: str = "mean",
     chunk_size: int | None = None,
+    distributed: str | None = None,
 ) -> torch.Tensor:
     """One-directional InfoNCE: each query scores its positives against all candidates.
 
@@ -84,6 +143,11 @@ def info_nce(
         chunk_size: ``None`` tiles automatically once the (B, M + K) logits outgrow
             ``PLAIN_LOGITS_BUDGET_BYTES``; an int >= 1 tiles with that many rows; 0 never tiles.
             The tiled path takes the default diagonal positives without masks.
+        distributed: under ``torch.distributed``, ``"local"`` (this rank's queries against every
+            rank's keys and shared negatives; each rank's first B_r keys are its queries'
+            positives) or ``"gather"`` (the whole loss on every rank); masks have no distributed
+            form. With ``"local"``, ``reduction="mean"`` / ``"sum"`` return this rank's share
+            (their mean over ranks is the loss) and ``"none"`` this rank's queries' losses.
 
     Returns:
         The loss (0-d, or (B,) for ``reduction="none"``), in float32 (float64 for float64 input).
@@ -99,51 +163,107 @@ def info_nce(
     Reference: van den Oord et al. 2018, arXiv 1807.03748.
     """
     fn = "info_nce"
-    check_same_device(
-        fn,
-        q=q,
-        k=k,
-        scale=scale,
-        extra_negatives=extra_negatives,
-        positive_mask=positive_mask,
-        ignore_mask=ignore_mask,
-    )
-    q = check_embeddings(fn, "q", q)
-    k = check_embeddings(fn, "k", k, dim=q.shape[1], like="q")
-    scale = check_scale(fn, "scale", scale)
-    check_choice(fn, "multi_positive", multi_positive, MULTI_POSITIVE_MODES)
-    check_choice(fn, "reduction", reduction, REDUCTIONS)
-    batch, n_keys = q.shape[0], k.shape[0]
-    if positive_mask is None and n_keys < batch:
-        raise InputError(
-            f"{fn}: the default positives are the diagonal, which needs at least as many keys as "
-            f"queries; got {batch} queries and {n_keys} keys. Pass positive_mask=(B, M)."
-        )
-    if positive_mask is not None:
-        positive_mask = check_mask(fn, "positive_mask", positive_mask, (batch, n_keys))
-    if ignore_mask is not None:
-        ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (batch, n_keys))
-
-    shared_negatives = per_query_negatives = None
-    if extra_negatives is not None:
-        extra_negatives = check_embeddings(
+    mode = resolve_mode(fn, distributed)
+    with agreement(fn, mode) as agreed:
+        check_same_device(
             fn,
-            "extra_negatives",
-            extra_negatives,
-            shape="(K, D) or (B, K, D)",
-            ndims=(2, 3),
-            dim=q.shape[1],
-            like="q",
+            q=q,
+            k=k,
+            scale=scale,
+            extra_negatives=extra_negatives,
+            positive_mask=positive_mask,
+            ignore_mask=ignore_mask,
         )
-        if extra_negatives.dim() == 3 and extra_negatives.shape[0] != batch:
+        q = check_embeddings(fn, "q", q)
+        k = check_embeddings(fn, "k", k, dim=q.shape[1], like="q")
+        scale = check_scale(fn, "scale", scale)
+        check_choice(fn, "multi_positive", multi_positive, MULTI_POSITIVE_MODES)
+        check_choice(fn, "reduction", reduction, REDUCTIONS)
+        batch, n_keys = q.shape[0], k.shape[0]
+        if positive_mask is None and n_keys < batch:
             raise InputError(
-                f"{fn}: per-query 'extra_negatives' must have shape (B={batch}, K, D); got "
-                f"{tuple(extra_negatives.shape)}."
+                f"{fn}: the default positives are the diagonal, which needs at least as many keys as "
+                f"queries; got {batch} queries and {n_keys} keys. Pass positive_mask=(B, M)."
             )
-        if extra_negatives.dim() == 3:
-            per_query_negatives = extra_negatives
-        else:
-            shared_negatives = extra_negatives
+        if mode is not None and (positive_mask is not None or ignore_mask is not None):
+            raise InputError(
+                f"{fn}: 'positive_mask' and 'ignore_mask' are masks over one process's batch; they have "
+                f"no distributed form (the positives are each rank's diagonal)."
+            )
+        if positive_mask is not None:
+            positive_mask = check_mask(fn, "positive_mask", positive_mask, (batch, n_keys))
+        if ignore_mask is not None:
+            ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (batch, n_keys))
+        shared_negatives = per_query_negatives = None
+        if extra_negatives is not None:
+            extra_negatives = check_embeddings(
+                fn,
+                "extra_negatives",
+                extra_negatives,
+                shape="(K, D) or (B, K, D)",
+                ndims=(2, 3),
+                dim=q.shape[1],
+                like="q",
+            )
+            if extra_negatives.dim() == 3 and extra_negatives.shape[0] != batch:
+                raise InputError(
+                    f"{fn}: per-query 'extra_negatives' must have shape (B={batch}, K, D); got "
+                    f"{tuple(extra_negatives.shape)}."
+                )
+            if extra_negatives.dim() == 3:
+                per_query_negatives = extra_negatives
+            else:
+                shared_negatives = extra_negatives
+        agreed.rows = batch
+    layout = agreed.layout
+
+    def run(queries, keys, shared, per_query, how, positive=None, ignore=None):
+        return _info_nce(
+            fn, queries, keys, scale, positive, ignore, shared, per_query, how, multi_positive, chunk_size
+        )
+
+    if mode is None:
+        return run(q, k, shared_negatives, per_query_negatives, reduction, positive_mask, ignore_mask)
+    key_layout = layout.resized(k.shape[0])
+    if shared_negatives is not None:
+        shared_negatives = layout.resized(shared_negatives.shape[0]).gather(shared_negatives)
+    if mode == "gather":
+        keys = key_layout.gather(k)[_positives_first(key_layout, layout.sizes).to(k.device)]
+        if per_query_negatives is not None:
+            per_query_negatives = layout.gather(per_query_negatives)
+        return run(layout.gather(q), keys, shared_negatives, per_query_negatives, reduction)
+    how = "none" if reduction == "none" else "sum"
+    local = run(q, key_layout.gather_local_first(k), shared_negatives, per_query_negatives, how)
+    if reduction == "mean":
+        return layout.share(fn, local, layout.total)
+    return local * layout.world if reduction == "sum" else local
+
+
+def _positives_first(key_layout, query_sizes) -> torch.Tensor:
+    """Index that puts each rank's first B_r keys (its queries' positives) first, in rank order,
+    then the remaining keys: the gathered queries' positives become the diagonal."""
+    spans = [(key_layout.rows_of(r), n) for r, n in enumerate(query_sizes)]
+    first = [torch.arange(span.start, span.start + n) for span, n in spans]
+    rest = [torch.arange(span.start + n, span.stop) for span, n in spans]
+    return torch.cat(first + rest)
+
+
+def _info_nce(
+    fn,
+    q,
+    k,
+    scale,
+    positive_mask,
+    ignore_mask,
+    shared_negatives,
+    per_query_negatives,
+    reduction,
+    multi_positive,
+    chunk_size,
+):
+    """``info_nce`` on validated inputs, on this process."""
+    batch, n_keys = q.shape[0], k.shape[0]
+    extra_negatives = shared_negatives if per_query_negatives is None else per_query_negatives
     dtype = compute_dtype(q, k) if extra_negatives is None else compute_dtype(q, k, extra_negatives)
     n_candidates = n_keys + (0 if extra_negatives is None else extra_negatives.shape[-2])
     extra = None

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from contrastkit.distributed import Layout, agreement, resolve_mode
 from contrastkit.errors import (
     InputError,
     check_choice,
@@ -23,16 +24,6 @@ from contrastkit.functional import choose_tiling, compute_dtype, cosine_logits
 from contrastkit.losses.infonce import tiled_diagonal_info_nce
 
 
-def _negative_blocks(fn: str, name: str, negatives: torch.Tensor, batch: int, dim: int | None):
-    """(B, D) or (B, M, D) mined negatives -> (M*B, D) in block order [n_.1 | ... | n_.M]."""
-    negatives = check_embeddings(
-        fn, name, negatives, shape="(B, D) or (B, M, D)", ndims=(2, 3), rows=batch, dim=dim
-    )
-    if negatives.dim() == 2:
-        return negatives
-    return negatives.transpose(0, 1).reshape(-1, negatives.shape[-1])
-
-
 def mnrl(
     anchors: torch.Tensor,
     positives: torch.Tensor,
@@ -43,6 +34,7 @@ def mnrl(
     margin: float = 0.0,
     margin_strategy: str = "absolute",
     chunk_size: int | None = None,
+    distributed: str | None = None,
 ) -> torch.Tensor:
     """Multiple-negatives ranking loss with optional mined negatives and GISTEmbed masking.
 
@@ -72,72 +64,138 @@ def mnrl(
         margin_strategy: ``"absolute"`` or ``"relative"``.
         chunk_size: tiling as in ``info_nce`` (None: automatic; 0: never). GISTEmbed masking
             needs the plain path.
+        distributed: under ``torch.distributed``, ``"local"`` (this rank's anchors against
+            every rank's positives and negatives, and for GISTEmbed every rank's anchors and
+            positives) or ``"gather"`` (the whole loss on every rank); see
+            ``contrastkit.distributed``. None: this process's batch only.
 
     References: Henderson et al. 2017, arXiv 1705.00652; Solatorio 2024, "GISTEmbed",
     arXiv 2402.16829.
     """
     fn = "mnrl"
-    if guide is not None and (not isinstance(guide, (tuple, list)) or len(guide) != 3):
-        raise InputError(f"{fn}: 'guide' must be a tuple (g_anchors, g_positives, g_negatives or None).")
-    guides = {f"guide[{i}]": g for i, g in enumerate(guide or ())}
-    check_same_device(fn, anchors=anchors, positives=positives, negatives=negatives, scale=scale, **guides)
-    anchors = check_embeddings(fn, "anchors", anchors)
-    batch, dim = anchors.shape
-    positives = check_embeddings(fn, "positives", positives, rows=batch, dim=dim, like="anchors")
-    scale = check_scale(fn, "scale", scale)
-    check_choice(fn, "margin_strategy", margin_strategy, ("absolute", "relative"))
-    margin = check_range(fn, "margin", margin, 0.0, math.inf)
-
-    candidates = positives
+    mode = resolve_mode(fn, distributed)
+    with agreement(fn, mode) as agreed:
+        if guide is not None and (not isinstance(guide, (tuple, list)) or len(guide) != 3):
+            raise InputError(f"{fn}: 'guide' must be a tuple (g_anchors, g_positives, g_negatives or None).")
+        guides = {f"guide[{i}]": g for i, g in enumerate(guide or ())}
+        check_same_device(
+            fn, anchors=anchors, positives=positives, negatives=negatives, scale=scale, **guides
+        )
+        anchors = check_embeddings(fn, "anchors", anchors)
+        batch, dim = anchors.shape
+        positives = check_embeddings(fn, "positives", positives, rows=batch, dim=dim, like="anchors")
+        scale = check_scale(fn, "scale", scale)
+        check_choice(fn, "margin_strategy", margin_strategy, ("absolute", "relative"))
+        margin = check_range(fn, "margin", margin, 0.0, math.inf)
+        check_nonzero_rows(fn, "anchors", anchors)
+        check_nonzero_rows(fn, "positives", positives)
+        if negatives is not None:
+            negatives = _negative_slots(fn, "negatives", negatives, batch, dim)
+            check_nonzero_rows(fn, "negatives", negatives.reshape(-1, dim))
+        if guide is not None:
+            guide = _check_guide(fn, guide, negatives, batch)
+        agreed.rows = batch
+    layout = agreed.layout or Layout.single(batch)
+    if mode == "gather":
+        anchors, positives = layout.gather(anchors), layout.gather(positives)
+        negatives = None if negatives is None else layout.gather(negatives)
+        if guide is not None:
+            guide = tuple(None if g is None else layout.gather_values(g, local_first=False) for g in guide)
+        layout = Layout.single(anchors.shape[0])
+    columns = layout.gather_local_first(positives)
     if negatives is not None:
-        candidates = torch.cat([positives, _negative_blocks(fn, "negatives", negatives, batch, dim)])
-    check_nonzero_rows(fn, "anchors", anchors)
-    check_nonzero_rows(fn, "positives", positives)
-    if negatives is not None:
-        check_nonzero_rows(fn, "negatives", negatives.reshape(-1, dim))
-    check_has_negatives(fn, candidates.shape[0], f"there are {candidates.shape[0]} candidate(s)")
-    dtype = compute_dtype(anchors, candidates)
-    unsupported = None if guide is None else "GISTEmbed 'guide' masking"
-    chunk = choose_tiling(fn, chunk_size, batch, candidates.shape[0], dtype, unsupported)
-    if chunk:
-        unit_anchors = F.normalize(anchors.to(dtype), dim=1)
-        unit_candidates = F.normalize(candidates.to(dtype), dim=1)
-        return tiled_diagonal_info_nce(unit_anchors, unit_candidates, scale, chunk).mean()
-    logits = cosine_logits(anchors, candidates, scale)
-    targets = torch.arange(batch, device=anchors.device)
+        columns = torch.cat([columns, _blocks(layout.gather(negatives))])
+    check_has_negatives(fn, columns.shape[0], f"there are {columns.shape[0]} candidate(s)")
     if guide is None:
-        return F.cross_entropy(logits, targets)
+        total = _mnrl_sum(fn, anchors, columns, scale, chunk_size)
+    else:
+        total = _gist_sum(
+            fn, layout, anchors, positives, columns, scale, guide, margin, margin_strategy, chunk_size
+        )
+    return layout.share(fn, total, layout.total)
 
+
+def _negative_slots(fn: str, name: str, negatives: torch.Tensor, batch: int, dim: int | None) -> torch.Tensor:
+    """(B, D) or (B, M, D) mined negatives, checked -> (B, M, D)."""
+    negatives = check_embeddings(
+        fn, name, negatives, shape="(B, D) or (B, M, D)", ndims=(2, 3), rows=batch, dim=dim
+    )
+    return negatives[:, None] if negatives.dim() == 2 else negatives
+
+
+def _blocks(negatives: torch.Tensor) -> torch.Tensor:
+    """(B, M, D) -> (M * B, D) in block order [n_.1 | ... | n_.M], as sentence-transformers lays them out."""
+    return negatives.transpose(0, 1).reshape(-1, negatives.shape[-1])
+
+
+def _check_guide(fn, guide, negatives, batch):
+    """The guide embeddings (g_a (B, G), g_p (B, G), g_n (B, M, G) or None), checked."""
     g_a, g_p, g_n = guide
     g_a = check_embeddings(fn, "guide[0]", g_a, rows=batch)
     g_p = check_embeddings(fn, "guide[1]", g_p, rows=batch, dim=g_a.shape[1], like="guide[0]")
     if (g_n is None) != (negatives is None):
         raise InputError(f"{fn}: give guide negatives exactly when 'negatives' is given.")
-    g_candidates = g_p
     if g_n is not None:
-        g_n = _negative_blocks(fn, "guide[2]", g_n, batch, g_a.shape[1])
-        if g_n.shape[0] != candidates.shape[0] - batch:
+        g_n = _negative_slots(fn, "guide[2]", g_n, batch, g_a.shape[1])
+        if g_n.shape[1] != negatives.shape[1]:
             raise InputError(f"{fn}: guide[2] must hold as many negatives as 'negatives'.")
-        g_candidates = torch.cat([g_p, g_n])
+    return g_a, g_p, g_n
 
-    guide_sim = cosine_logits(g_a, g_candidates)
+
+def _mnrl_sum(fn, anchors, columns, scale, chunk_size):
+    """sum_i CE(scale cos(a_i, columns), i): columns' first B rows are the anchors' positives."""
+    batch = anchors.shape[0]
+    dtype = compute_dtype(anchors, columns)
+    chunk = choose_tiling(fn, chunk_size, batch, columns.shape[0], dtype)
+    if chunk:
+        unit_anchors = F.normalize(anchors.to(dtype), dim=1)
+        unit_columns = F.normalize(columns.to(dtype), dim=1)
+        return tiled_diagonal_info_nce(unit_anchors, unit_columns, scale, chunk).sum()
+    logits = cosine_logits(anchors, columns, scale)
+    return F.cross_entropy(logits, torch.arange(batch, device=anchors.device), reduction="sum")
+
+
+def _gist_sum(fn, layout, anchors, positives, columns, scale, guide, margin, margin_strategy, chunk_size):
+    """GISTEmbed's summed loss of this rank's anchors: the [positives | negatives], anchor-anchor
+    and positive-positive blocks over every rank's rows, less what the guide rates closer than
+    the true pair (the guide embeddings are gathered without gradient)."""
+    choose_tiling(
+        fn,
+        chunk_size,
+        anchors.shape[0],
+        columns.shape[0],
+        compute_dtype(anchors),
+        "GISTEmbed 'guide' masking",
+    )
+    g_a, g_p, g_n = guide
+    g_columns = layout.gather_values(g_p)
+    if g_n is not None:
+        g_columns = torch.cat([g_columns, _blocks(layout.gather_values(g_n, local_first=False))])
+    guide_sim = cosine_logits(g_a, g_columns)
     guide_positive = guide_sim.diagonal()[:, None]
     slack = margin if margin_strategy == "absolute" else guide_positive.abs() * margin
     threshold = guide_positive - slack
-    self_pair = torch.eye(batch, dtype=torch.bool, device=anchors.device)
+    rows, total = anchors.shape[0], layout.total
+    self_pair = torch.eye(rows, total, dtype=torch.bool, device=anchors.device)
     false_negative = guide_sim > threshold
-    false_negative[:, :batch] &= ~self_pair
-    anchor_anchor = cosine_logits(anchors, anchors, scale)
-    positive_positive = cosine_logits(positives, positives, scale)
+    false_negative[:, :total] &= ~self_pair
+    all_anchors, all_positives = layout.gather_local_first(anchors), layout.gather_local_first(positives)
+    g_all_anchors = layout.gather_values(g_a)
+    anchor_anchor = cosine_logits(anchors, all_anchors, scale)
+    positive_positive = cosine_logits(positives, all_positives, scale)
     masked = torch.cat(
         [
-            logits.masked_fill(false_negative, float("-inf")),
-            anchor_anchor.masked_fill((cosine_logits(g_a, g_a) > threshold) | self_pair, float("-inf")),
-            positive_positive.masked_fill((cosine_logits(g_p, g_p) > threshold) | self_pair, float("-inf")),
+            cosine_logits(anchors, columns, scale).masked_fill(false_negative, float("-inf")),
+            anchor_anchor.masked_fill(
+                (cosine_logits(g_a, g_all_anchors) > threshold) | self_pair, float("-inf")
+            ),
+            positive_positive.masked_fill(
+                (cosine_logits(g_p, layout.gather_values(g_p)) > threshold) | self_pair, float("-inf")
+            ),
         ],
         dim=1,
     )
-    return F.cross_entropy(masked, targets)
+    return F.cross_entropy(masked, torch.arange(rows, device=anchors.device), reduction="sum")
 
 
 def margin_mse(

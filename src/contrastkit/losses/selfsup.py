@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from contrastkit.distributed import Layout, agreement, resolve_mode
 from contrastkit.errors import (
     InputError,
     check_flag,
@@ -16,7 +17,12 @@ from contrastkit.losses.pairs import unit_pair
 
 
 def nt_xent(
-    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, *, chunk_size: int | None = None
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.5,
+    *,
+    chunk_size: int | None = None,
+    distributed: str | None = None,
 ) -> torch.Tensor:
     """NT-Xent (SimCLR) over the 2N views, with cosine similarity.
 
@@ -33,24 +39,45 @@ def nt_xent(
             is 0.1.
         chunk_size: ``None`` tiles automatically once the (2N, 2N) logits outgrow
             ``PLAIN_LOGITS_BUDGET_BYTES``; an int >= 1 tiles with that many rows; 0 never tiles.
+        distributed: under ``torch.distributed``, ``"local"`` (this rank's 2 N_r views against
+            every rank's views) or ``"gather"`` (the whole loss on every rank); see
+            ``contrastkit.distributed``. None: this process's batch only.
 
     Reference: Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
     Representations", arXiv 2002.05709.
     """
     fn = "nt_xent"
-    z1, z2 = unit_pair(fn, z1, z2, ("z1", "z2"))
-    temperature = check_temperature(fn, "temperature", temperature)
-    n = z1.shape[0]
+    mode = resolve_mode(fn, distributed)
+    with agreement(fn, mode) as agreed:
+        z1, z2 = unit_pair(fn, z1, z2, ("z1", "z2"))
+        temperature = check_temperature(fn, "temperature", temperature)
+        agreed.rows = z1.shape[0]
+    layout = agreed.layout or Layout.single(z1.shape[0])
+    n = layout.total
     check_has_negatives(fn, 2 * n - 1, f"N={n} gives each view only its partner")
+    if mode == "gather":
+        z1, z2 = layout.gather(z1), layout.gather(z2)
+    if mode != "local":
+        return _nt_xent_sum(fn, z1, z2, None, temperature, chunk_size) / (2 * n)
+    others = torch.cat([layout.gather_others(z1), layout.gather_others(z2)])
+    return layout.share(fn, _nt_xent_sum(fn, z1, z2, others, temperature, chunk_size), 2 * n)
+
+
+def _nt_xent_sum(fn, z1, z2, others, temperature, chunk_size):
+    """Sum of the NT-Xent losses of the 2n anchors [z1; z2] (n, D each) against themselves and
+    ``others`` (the other ranks' views, or None): self excluded, positive at +- n."""
+    n = z1.shape[0]
     z = torch.cat([z1, z2])
-    chunk = choose_tiling(fn, chunk_size, 2 * n, 2 * n, z.dtype)
+    candidates = z if others is None else torch.cat([z, others])
+    chunk = choose_tiling(fn, chunk_size, 2 * n, candidates.shape[0], z.dtype)
     if chunk:
-        lse, _ = tiled_logsumexp(z, z, 1.0 / temperature, chunk_size=chunk, skip_diagonal=True)
-        return (lse - ((z1 * z2).sum(1) / temperature).repeat(2)).mean()
-    logits = (z @ z.T) / temperature
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        lse, _ = tiled_logsumexp(z, candidates, 1.0 / temperature, chunk_size=chunk, skip_diagonal=True)
+        return (lse - ((z1 * z2).sum(1) / temperature).repeat(2)).sum()
+    logits = (z @ candidates.T) / temperature
+    self_pair = torch.eye(2 * n, candidates.shape[0], dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_pair, float("-inf"))
     targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
-    return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets, reduction="sum")
 
 
 def dcl(

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from contrastkit.distributed import RING_MODES, agreement, resolve_mode, ring_blocks
 from contrastkit.errors import (
     check_embeddings,
     check_labels,
@@ -35,6 +36,7 @@ def siglip_loss(
     *,
     sample_ids: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    distributed: str | None = None,
 ) -> torch.Tensor:
     """Sigmoid loss over every pair of the batch.
 
@@ -53,6 +55,10 @@ def siglip_loss(
             ``PLAIN_LOGITS_BUDGET_BYTES``; an int >= 1 sums softplus over tiles of that many rows
             (recomputed in backward, O(B) memory); 0 never tiles and is bit-identical to the
             plain formula.
+        distributed: under ``torch.distributed``, ``"local"`` (this rank's x against every
+            rank's y), ``"ring"`` (the same, with the y blocks passed around the ring of ranks
+            one neighbour at a time) or ``"gather"`` (the whole loss on every rank); see
+            ``contrastkit.distributed``. None: this process's batch only.
 
     Returns:
         The scalar loss, float32 (float64 for float64 input).
@@ -60,32 +66,70 @@ def siglip_loss(
     Reference: Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training", arXiv 2303.15343.
     """
     fn = "siglip_loss"
-    check_same_device(fn, x=x, y=y, scale=scale, bias=bias, sample_ids=sample_ids)
-    x = check_embeddings(fn, "x", x)
-    y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
-    scale = check_scale(fn, "scale", scale)
-    bias = check_scalar(fn, "bias", bias)
-    batch = x.shape[0]
-    if sample_ids is not None:
-        sample_ids = check_labels(fn, "sample_ids", sample_ids, batch)
+    mode = resolve_mode(fn, distributed, RING_MODES)
+    with agreement(fn, mode) as agreed:
+        check_same_device(fn, x=x, y=y, scale=scale, bias=bias, sample_ids=sample_ids)
+        x = check_embeddings(fn, "x", x)
+        y = check_embeddings(fn, "y", y, rows=x.shape[0], dim=x.shape[1], like="x")
+        scale = check_scale(fn, "scale", scale)
+        bias = check_scalar(fn, "bias", bias)
+        if sample_ids is not None:
+            sample_ids = check_labels(fn, "sample_ids", sample_ids, x.shape[0])
+        agreed.rows = x.shape[0]
+    layout = agreed.layout
+    if mode is None:
+        return _sigmoid_sum(fn, x, y, scale, bias, sample_ids, sample_ids, True, chunk_size) / x.shape[0]
+    if mode == "gather":
+        all_ids = None if sample_ids is None else layout.gather_values(sample_ids, local_first=False)
+        total = _sigmoid_sum(
+            fn, layout.gather(x), layout.gather(y), scale, bias, all_ids, all_ids, True, chunk_size
+        )
+        return total / layout.total
+    if mode == "local":
+        all_ids = None if sample_ids is None else layout.gather_values(sample_ids)
+        total = _sigmoid_sum(
+            fn, x, layout.gather_local_first(y), scale, bias, sample_ids, all_ids, True, chunk_size
+        )
+        return layout.share(fn, total, layout.total)
+    all_ids = None if sample_ids is None else layout.gather_values(sample_ids, local_first=False)
+    total = 0.0
+    for owner, block in ring_blocks(y, layout):
+        block_ids = None if all_ids is None else all_ids[layout.rows_of(owner)]
+        own = owner == layout.rank
+        total = total + _sigmoid_sum(fn, x, block, scale, bias, sample_ids, block_ids, own, chunk_size)
+    return layout.share(fn, total, layout.total)
+
+
+def _sigmoid_sum(fn, x, y, scale, bias, x_ids, y_ids, diagonal, chunk_size):
+    """sum_ij softplus(l_ij) - sum_{positive ij} l_ij over x (B, D) against y (M, D).
+
+    Positives: equal ids when ids are given, else the diagonal l_ii when ``diagonal`` (y's first
+    B rows are x's pairs), else none (another rank's block).
+    """
+    rows, cols = x.shape[0], y.shape[0]
     dtype = compute_dtype(x, y)
-    chunk = choose_tiling(fn, chunk_size, batch, batch, dtype)
+    chunk = choose_tiling(fn, chunk_size, rows, cols, dtype)
     if chunk:
         x, y = x.to(dtype), y.to(dtype)
-        if sample_ids is None:
-            positive_sum = scale * (x * y).sum() + batch * bias
+        if x_ids is not None:
+            # per-id sums of x and of y over the ids of both: sum_pos l = s sum_g <X_g, Y_g> + b sum_g n_g m_g
+            _, group = torch.unique(torch.cat([x_ids, y_ids]), return_inverse=True)
+            x_sums, x_counts, _ = group_sums(x, group[:rows], groups=int(group.max()) + 1)
+            y_sums, y_counts, _ = group_sums(y, group[rows:], groups=int(group.max()) + 1)
+            positive_sum = scale * (x_sums * y_sums).sum() + (x_counts * y_counts).sum() * bias
+        elif diagonal:
+            positive_sum = scale * (x * y[:rows]).sum() + rows * bias
         else:
-            x_sums, counts, _ = group_sums(x, sample_ids)
-            y_sums, _, _ = group_sums(y, sample_ids)
-            positive_sum = scale * (x_sums * y_sums).sum() + (counts * counts).sum() * bias
-        return (tiled_softplus_sum(x, y, scale, bias, chunk_size=chunk) - positive_sum) / batch
+            positive_sum = 0.0
+        return tiled_softplus_sum(x, y, scale, bias, chunk_size=chunk) - positive_sum
     logits = scaled_logits(x, y, scale, bias)
-    if sample_ids is None:
+    if x_ids is not None:
+        positive_sum = torch.where(x_ids[:, None] == y_ids[None, :], logits, 0.0).sum()
+    elif diagonal:
         positive_sum = logits.diagonal().sum()
     else:
-        positive = sample_ids[:, None] == sample_ids[None, :]
-        positive_sum = torch.where(positive, logits, 0.0).sum()
-    return (softplus(logits).sum() - positive_sum) / batch
+        positive_sum = 0.0
+    return softplus(logits).sum() - positive_sum
 
 
 class SigLIPLoss(nn.Module):

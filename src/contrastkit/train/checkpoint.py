@@ -92,12 +92,15 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 2,
     files: dict[str, bytes] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-NNNNNN`` atomically and keep only the newest ``keep``.
 
     ``state`` is JSON-serialisable (config, data position, scaler, extras); the step, the optimizer
     hyper-parameters and the RNG states are added here. ``files`` (name -> bytes, e.g. the
-    tokenizer) are written into the checkpoint before it is renamed into place.
+    tokenizer) are written into the checkpoint before it is renamed into place; ``tensors`` (e.g.
+    other ranks' RNG states, ``rng.*`` names come back in ``load_checkpoint``'s ``"rng"``) are
+    stored beside the optimizer's.
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -109,7 +112,8 @@ def save_checkpoint(
     save_file(weights, tmp / MODEL_FILE)
     optim_tensors, optim_plain = _optimizer_tensors(optimizer)
     rng_tensors, rng_plain = rng_state()
-    save_file({**optim_tensors, **rng_tensors}, tmp / OPTIMIZER_FILE)
+    extra = {k: v.detach().contiguous().cpu() for k, v in (tensors or {}).items()}
+    save_file({**optim_tensors, **rng_tensors, **extra}, tmp / OPTIMIZER_FILE)
     payload = {**state, "step": step, "optimizer": optim_plain, "rng": rng_plain}
     (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
     for name, content in (files or {}).items():

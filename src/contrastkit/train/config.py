@@ -119,6 +119,13 @@ class LossConfig:
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the loss function (e.g. ``label_smoothing``, ``temperature``,
     ``chunk_size``); the learnable scale and bias live in the model."""
+    distributed: str = "local"
+    """Under torchrun: ``local`` (each rank scores its rows against all ranks'; B_r x B memory),
+    ``gather`` (every rank computes the whole loss; B x B) or ``ring`` (siglip: local, with the
+    other ranks' blocks passed around the ring). All three are exact; see docs/distributed.md."""
+
+    def validate(self) -> None:
+        _choice("loss.distributed", self.distributed, ("local", "gather", "ring"))
 
 
 @dataclass
@@ -208,7 +215,7 @@ class Config:
 
     def validate(self) -> None:
         _at_least("seed", self.seed, 0)
-        for section in (self.data, self.optim, self.train, self.eval):
+        for section in (self.data, self.loss, self.optim, self.train, self.eval):
             section.validate()
         if not isinstance(self.model.get("towers"), Mapping) or not self.model["towers"]:
             raise ConfigError(
@@ -383,6 +390,7 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
 
 # Keys a resumed run may change: they do not alter what the finished steps computed.
 RESUMABLE_CHANGES = (
+    "loss.distributed",
     "train.steps",
     "train.log_every",
     "train.checkpoint_every",

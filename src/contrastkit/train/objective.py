@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from contrastkit.distributed import agreement, is_active
 from contrastkit.losses import get_loss
 from contrastkit.models import ContrastiveModel
 from contrastkit.train.config import Config, ConfigError
@@ -26,6 +27,8 @@ SCALED_WITH_BIAS = {"siglip"}
 UNSCALED_PAIR = {"nt_xent", "dcl", "cosine_alignment"}
 LABELLED = {"supcon"}
 TRAINABLE = SCALED | SCALED_WITH_BIAS | UNSCALED_PAIR | LABELLED
+# losses with their own distributed forms (``distributed=``); the others are given gathered inputs
+DISTRIBUTED = {"clip", "siglip", "info_nce", "mnrl", "nt_xent", "supcon"}
 
 
 def _check_options(fn: Callable[..., Any], name: str, options: Mapping[str, Any], fixed: set[str]) -> None:
@@ -69,8 +72,15 @@ def build_objective(
         raise ConfigError(f"model.towers: the trainer pairs two modalities; got {list(modalities)}.")
     if name in SCALED_WITH_BIAS and model.bias() is None:
         raise ConfigError("model.init_bias: siglip needs a learnable bias; set model.init_bias (e.g. -10).")
-    fixed = {"scale", "bias", "labels", "sample_ids"}
+    fixed = {"scale", "bias", "labels", "sample_ids", "distributed"}
     _check_options(fn, name, options, fixed)
+    mode = config.loss.distributed
+    if mode == "ring" and name != "siglip":
+        raise ConfigError(f"loss.distributed: 'ring' is siglip's exchange; {name} takes local or gather.")
+    if name in DISTRIBUTED:
+        options["distributed"] = mode
+    elif is_active():
+        fn = _on_gathered_inputs(fn, name)
 
     def pair(embeddings: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if len(modalities) == 2:
@@ -97,6 +107,18 @@ def build_objective(
 
     objective.uses_scale = name in SCALED | SCALED_WITH_BIAS  # type: ignore[attr-defined]
     return objective
+
+
+def _on_gathered_inputs(fn: Callable[..., torch.Tensor], name: str) -> Callable[..., torch.Tensor]:
+    """A pair loss without a distributed form, on every rank's rows gathered with gradient: each
+    rank computes the whole loss, and DDP's average of the gathered gradients is exact."""
+
+    def gathered(x: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with agreement(name, "gather") as agreed:
+            agreed.rows = x.shape[0]
+        return fn(agreed.layout.gather(x), agreed.layout.gather(y), *args, **kwargs)
+
+    return gathered
 
 
 def flatten_views(batch: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from contrastkit.data import (
     ClassBalancedBatchSampler,
     Collator,
     ContrastiveDataset,
+    DistributedBatchSampler,
     ImageTransform,
     ManifestSource,
     NoDuplicatesBatchSampler,
@@ -22,6 +23,7 @@ from contrastkit.data import (
     TextTransform,
     get_source,
 )
+from contrastkit.distributed import is_active
 from contrastkit.errors import InputError
 from contrastkit.train.config import Config, ConfigError
 
@@ -114,6 +116,8 @@ def build_sampler(config: Config, source: Source) -> torch.utils.data.Sampler:
 class BatchStream:
     """Endless training batches with a resumable position ``{"epoch", "batch"}``.
 
+    Batches are global (``train.batch_size``); under torchrun each rank loads its slice of each.
+
     The position counts the batches handed out (not those a DataLoader worker prefetched), so a
     checkpoint taken after step k resumes with batch k + 1, augmentations included (they are
     seeded by (seed, epoch, index)).
@@ -130,9 +134,11 @@ class BatchStream:
                 f"train.batch_size: {config.train.batch_size} leaves no full batch in {len(source)} records; "
                 f"lower it."
             )
+        # under torchrun every rank walks the same global batches and loads only its slice of each
+        per_rank = DistributedBatchSampler(self.sampler) if is_active() else self.sampler
         self.loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_sampler=self.sampler,
+            batch_sampler=per_rank,
             collate_fn=Collator(tokenizers),
             num_workers=config.data.num_workers,
             # its own generator: a new iterator (each epoch, each resume) then draws its worker

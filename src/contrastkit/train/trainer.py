@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from contrastkit.data import BadRecordLog, Source
+from contrastkit.distributed import agree_on_step, all_reduce_mean, get_rank, get_world_size, is_active
 from contrastkit.errors import ContrastkitError
 from contrastkit.models import ContrastiveModel, build_model
 from contrastkit.train.checkpoint import (
@@ -39,6 +40,16 @@ from contrastkit.train.config import Config, ConfigError, check_resumable
 from contrastkit.train.evaluate import Embedder, evaluate_paired, evaluate_probe, to_device, write_artifacts
 from contrastkit.train.gradcache import gradcache_step
 from contrastkit.train.objective import build_objective, flatten_views
+from contrastkit.train.parallel import (
+    average_loss_gradients,
+    elastic_restart,
+    gather_bad_record_examples,
+    rank_rng_tensors,
+    rank_zero_first,
+    restore_rank_rng,
+    seed_rank,
+    wrap_model,
+)
 from contrastkit.train.pipeline import TOKENIZER_FILE, BatchStream, build_source, build_tokenizer
 from contrastkit.train.progress import Progress
 
@@ -50,13 +61,16 @@ class TrainingError(ContrastkitError, RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda, mps or cpu, whichever is available; other names are checked."""
+    """``auto`` -> cuda, mps or cpu, whichever is available; other names are checked. Under
+    torchrun, ``cuda`` means this worker's GPU (``cuda:LOCAL_RANK``)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} but no CUDA device is available; use cpu or auto.")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device: 'mps' but MPS is not available; use cpu or auto.")
+    if name == "cuda" and is_active():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
 
 
@@ -107,6 +121,12 @@ def build_run_model(
 class Trainer:
     """Train, checkpoint, evaluate and report one run.
 
+    Under ``torchrun`` (a process group initialised by the caller, see
+    ``contrastkit.distributed.init_from_env``) every rank takes its slice of each global batch of
+    ``train.batch_size``, the model is wrapped in DDP and the loss spans the ranks
+    (``loss.distributed``); rank 0 alone writes the log, checkpoints, metrics and report. When
+    torchrun restarts the workers (``--max-restarts``), they resume from the newest checkpoint.
+
     Args:
         config: a validated ``Config``.
         run_dir: the output folder (created).
@@ -114,10 +134,19 @@ class Trainer:
     """
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False) -> None:
-        self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.config, self.run_dir = config, Path(run_dir)
+        self.rank, self.world = get_rank(), get_world_size()
+        self.is_main = self.rank == 0
         self.device = resolve_device(config.train.device)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.world > config.train.batch_size:
+            raise ConfigError(
+                f"train.batch_size: {config.train.batch_size} is the global batch and cannot be split "
+                f"over {self.world} processes; raise it."
+            )
         existing = list_checkpoints(self.run_dir)
+        if elastic_restart() and existing:
+            resume = True  # torchrun restarted the workers: continue from the newest checkpoint
+        self.resume = resume
         if resume and not existing:
             raise TrainingError(
                 f"--resume: {self.run_dir} has no checkpoint to resume from; drop --resume to start afresh."
@@ -130,8 +159,13 @@ class Trainer:
         seed_everything(config.seed)
         self.train_source = build_source(config.data.train, "train")
         self.eval_source = None if config.data.eval is None else build_source(config.data.eval, "eval")
-        self.model, self.tokenizer = build_run_model(config, self.train_source, self.run_dir)
+        with rank_zero_first():  # rank 0 writes the run folder and tokenizer, the others read them
+            if self.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.model, self.tokenizer = build_run_model(config, self.train_source, self.run_dir)
+        seed_rank(config.seed)
         self.model.to(self.device)
+        self.parallel_model = wrap_model(self.model, self.device)
         missing = [m for m in self.model.modalities if m not in self.train_source.modalities]
         if missing:
             raise ConfigError(
@@ -166,23 +200,35 @@ class Trainer:
 
     def _encode(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         with self._autocast():
-            return self.model(flatten_views(batch, self.model.modalities))
+            return self.parallel_model(flatten_views(batch, self.model.modalities))
 
-    def _batch(self) -> tuple[dict[str, Any], int]:
-        """The next usable batch on the device, and its size; bad records are logged and checked."""
+    def _batch(self) -> tuple[dict[str, Any], int, int]:
+        """The next usable batch on the device, its rows here and in the global batch.
+
+        Bad records are logged and checked against the global counts; every rank learns every
+        rank's rows and bad records in one handshake, so all of them skip a batch, or stop on an
+        error, together."""
         while True:
-            batch = self.stream.next()
-            size = int(batch["index"].numel())
-            self.bad_records.add(batch["bad"], size + len(batch["bad"]))
+            batch, error = None, None
+            try:
+                batch = self.stream.next()
+            except ContrastkitError as err:
+                error = err
+            size = 0 if batch is None else int(batch["index"].numel())
+            bad = [] if batch is None else batch["bad"]
+            counts = agree_on_step("training data", (size, len(bad)), error)
+            seen = sum(rows + n_bad for rows, n_bad in counts)
+            self.bad_records.add(bad, seen, elsewhere=sum(n_bad for _, n_bad in counts) - len(bad))
             self.bad_records.check()
-            if size >= 2:
+            sizes = [rows for rows, _ in counts]
+            if min(sizes) >= 1 and sum(sizes) >= 2:
                 inputs = {k: v for k, v in batch.items() if k in (*self.model.modalities, "label")}
-                return to_device(inputs, self.device), size
+                return to_device(inputs, self.device), size, sum(sizes)
 
     def train_step(self) -> tuple[float, int]:
-        """One optimiser step; returns (loss, samples)."""
+        """One optimiser step; returns (loss of the global batch, samples in it)."""
         config = self.config
-        batch, size = self._batch()
+        batch, size, global_size = self._batch()
         lr = learning_rate(config, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -190,7 +236,7 @@ class Trainer:
         micro = config.train.micro_batch_size
         if micro is not None and micro < size:
             loss = gradcache_step(
-                self.model,
+                self.parallel_model,
                 {k: v for k, v in batch.items() if k != "label"},
                 lambda reps: self.objective(reps, batch),
                 micro,
@@ -200,7 +246,8 @@ class Trainer:
         else:
             loss = self.objective(self._encode(batch), batch)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        value = float(loss.detach())
+        average_loss_gradients(self.model)
+        value = all_reduce_mean(float(loss.detach()))
         if not math.isfinite(value):
             self._fail_non_finite(value)
         if self.scaler is not None:
@@ -213,7 +260,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.step += 1
-        return value, size
+        return value, global_size
 
     def _fail_non_finite(self, value: float) -> None:
         where = (
@@ -229,6 +276,10 @@ class Trainer:
 
     # ---- bookkeeping -----------------------------------------------------------------------
     def _save(self) -> None:
+        """Write a checkpoint (rank 0), with every rank's generator states."""
+        rank_states = rank_rng_tensors()
+        if not self.is_main:
+            return
         state = {
             "config": self.config.to_dict(),
             "data_position": self.stream.position(),
@@ -243,6 +294,7 @@ class Trainer:
             self.optimizer,
             state,
             keep=self.config.train.keep_checkpoints,
+            tensors=rank_states,
         )
         tokenizer_file = self.run_dir / TOKENIZER_FILE
         if tokenizer_file.is_file():
@@ -252,6 +304,7 @@ class Trainer:
         checkpoint = load_checkpoint(self.run_dir)
         restore(checkpoint, self.model, self.optimizer)
         state = checkpoint["state"]
+        restore_rank_rng(checkpoint["rng"], self.config.seed, int(state["step"]))
         check_resumable(state["config"], self.config.to_dict(), checkpoint["path"])
         self.step = int(state["step"])
         self.stream.seek(state["data_position"])
@@ -295,13 +348,14 @@ class Trainer:
     # ---- the run ---------------------------------------------------------------------------
     def fit(self) -> None:
         """Train to ``train.steps``, logging and checkpointing."""
-        config = self.config
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        config, main = self.config, self.is_main
+        if main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if self.resume:
             self._resume()
-        log_file, log = self._open_log()
-        board = self._tensorboard()
-        progress = Progress(config.train.steps, self.step, config.train.progress)
+        log_file, log = self._open_log() if main else (None, None)
+        board = self._tensorboard() if main else None
+        progress = Progress(config.train.steps, self.step, config.train.progress and main)
         start = window_start = time.perf_counter()
         window_samples = 0
         try:
@@ -310,7 +364,7 @@ class Trainer:
                 window_samples += size
                 progress.update(1)
                 last = self.step == config.train.steps
-                if self.step % config.train.log_every == 0 or last:
+                if (self.step % config.train.log_every == 0 or last) and main:
                     now = time.perf_counter()
                     row = self._log_row(loss, window_samples / max(now - window_start, 1e-9), now - start)
                     log.writerow(row)
@@ -321,7 +375,8 @@ class Trainer:
                     self._save()
         finally:
             progress.close()
-            log_file.close()
+            if log_file is not None:
+                log_file.close()
             if board is not None:
                 board.close()
         self.train_seconds = time.perf_counter() - start
@@ -382,8 +437,15 @@ class Trainer:
         return metrics
 
     def run(self) -> dict[str, float]:
-        """fit, evaluate, write metrics.json, data_issues.txt and report.html; returns the metrics."""
+        """fit, evaluate, write metrics.json, data_issues.txt and report.html; returns the metrics.
+
+        Under torchrun, rank 0 evaluates and writes; the other ranks return {} after training."""
         self.fit()
+        self.bad_records.examples = gather_bad_record_examples(
+            self.bad_records.examples, self.bad_records.keep
+        )
+        if not self.is_main:
+            return {}
         metrics = self.evaluate()
         _write_json_atomic(self.run_dir / "metrics.json", metrics)
         if self.bad_records.bad:

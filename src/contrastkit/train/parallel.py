@@ -1,0 +1,133 @@
+"""The trainer's side of ``torch.distributed``: DDP wrapping, loss-parameter sync, per-rank RNG.
+
+The towers are wrapped in ``DistributedDataParallel``; the loss's own parameters (the logit scale
+and bias of ``ContrastiveModel``) are used outside the model's forward and, under GradCache, get
+their gradient from a backward pass that is not the model's. DDP is told to ignore them and the
+trainer averages their gradients itself after every backward (``average_loss_gradients``), the
+same average DDP takes, so that one rule holds on every path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from contrastkit.distributed import get_rank, get_world_size, is_active
+
+RANK_RNG_PREFIX = "rng.rank"
+
+
+def loss_parameter_names(model: nn.Module) -> list[str]:
+    """Trainable parameters outside the towers and heads (the logit scale and bias)."""
+    return [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and not name.startswith(("towers.", "heads."))
+    ]
+
+
+def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(model)`` when several processes run, else ``model`` itself.
+
+    Buffers are not broadcast at each forward (the towers keep no running statistics, and GradCache
+    runs a different number of forwards on ranks with uneven batches).
+    """
+    if not is_active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, loss_parameter_names(model))
+    device_ids = None
+    if device.type == "cuda":
+        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def average_loss_gradients(model: nn.Module) -> None:
+    """Average the loss parameters' gradients over ranks (what DDP does for the towers).
+
+    Every rank computes the same loss function, so a parameter has a gradient on all ranks or on
+    none; one without is left alone."""
+    if not is_active():
+        return
+    world = get_world_size()
+    for name in loss_parameter_names(model):
+        param = model.get_parameter(name)
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad.div_(world)
+
+
+def elastic_restart() -> int:
+    """How many times torchrun has restarted this worker group (0 on the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+@contextlib.contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. trains and saves a tokenizer); the others run it after,
+    and find what rank 0 wrote."""
+    if is_active() and get_rank() != 0:
+        dist.barrier()
+    yield
+    if is_active() and get_rank() == 0:
+        dist.barrier()
+
+
+def seed_rank(seed: int) -> None:
+    """Give ranks > 0 their own torch generator stream (dropout), after the shared model init;
+    rank 0 keeps the stream a single process would have."""
+    rank = get_rank()
+    if is_active() and rank > 0:
+        torch.manual_seed(hash((seed, rank)) % 2**63)
+
+
+def gather_bad_record_examples(examples: list, keep: int) -> list:
+    """Every rank's example bad records, in rank order, the first ``keep`` of them."""
+    if not is_active():
+        return examples
+    found: list[list | None] = [None] * get_world_size()
+    dist.all_gather_object(found, examples)
+    return [record for part in found for record in (part or [])][:keep]
+
+
+def rank_rng_tensors() -> dict[str, torch.Tensor]:
+    """Every rank's torch generator states, gathered on every rank as ``rng.rank{r}.*`` tensors
+    (rank 0's own states are saved by the checkpoint itself)."""
+    if not is_active():
+        return {}
+    mine = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        mine.update({f"torch_cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    states: list[dict[str, torch.Tensor] | None] = [None] * get_world_size()
+    dist.all_gather_object(states, mine)
+    return {
+        f"{RANK_RNG_PREFIX}{rank}.{key}": value
+        for rank, state in enumerate(states)
+        if rank > 0 and state is not None
+        for key, value in state.items()
+    }
+
+
+def restore_rank_rng(rng: dict[str, torch.Tensor], seed: int, step: int) -> None:
+    """Set this rank's torch generators from a checkpoint's ``rng.rank{r}.*`` tensors.
+
+    Rank 0 uses the checkpoint's own states (restored with the model). A rank the checkpoint has
+    no state for (the run was resumed on more processes) is seeded from (seed, rank, step)."""
+    rank = get_rank()
+    if rank == 0:
+        return
+    prefix = f"{RANK_RNG_PREFIX}{rank}."
+    mine = {k[len(prefix) :]: v for k, v in rng.items() if k.startswith(prefix)}
+    if "torch_cpu" not in mine:
+        torch.manual_seed(hash((seed, rank, step)) % 2**63)
+        return
+    torch.set_rng_state(mine["torch_cpu"])
+    cuda = [mine[k] for k in sorted(mine) if k.startswith("torch_cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
