@@ -96,3 +96,38 @@ TINY_RUN = [
     "optim.warmup_steps=2",
     "eval.examples=4",
 ]
+
+
+# Real worker processes in a gloo group on loopback, for tests/distributed: ``pool`` (world 2)
+# and ``pool3`` (world 3, started on first use) live for the session; a pool that a timed-out
+# task broke is replaced by a fresh one for the next test.
+_POOLS: dict = {}
+
+
+def _pool(world: int):
+    from process_pool import ProcessPool
+
+    pool = _POOLS.get(world)
+    if pool is None or pool.broken:
+        pool = _POOLS[world] = ProcessPool(world)
+    return pool
+
+
+@pytest.fixture(scope="session")
+def _pool_registry():
+    yield _POOLS
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
+
+
+@pytest.fixture
+def pool(_pool_registry):
+    """Two ranks (a fresh pool if the last one was broken by a timeout)."""
+    return _pool(2)
+
+
+@pytest.fixture
+def pool3(_pool_registry):
+    """Three ranks, started lazily."""
+    return _pool(3)

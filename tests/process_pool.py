@@ -18,7 +18,6 @@ import datetime
 import os
 import queue
 import socket
-import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -118,9 +117,3 @@ class ProcessPool:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
-
-
-def ensure_importable(path: str) -> None:
-    """Put a test folder on sys.path so spawned workers can import the task module by name."""
-    if path not in sys.path:
-        sys.path.insert(0, path)

@@ -30,6 +30,7 @@ naming it), instead of leaving them blocked in a gather.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -84,8 +85,32 @@ def init_from_env(device: torch.device | str = "cpu") -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo",
+        store=_attempt_store(rank, world),
+        rank=rank,
+        world_size=world,
+    )
     return True
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """The rendezvous store of this worker group, with keys private to this restart attempt.
+
+    torchrun keeps one TCP store across restarts (``TORCHELASTIC_USE_AGENT_STORE``), and the
+    process group's keys are the same in every attempt: a restarted worker could read the address
+    of a killed one and fail to connect. A prefix per ``TORCHELASTIC_RESTART_COUNT`` avoids that.
+    """
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=not agent_store and rank == 0,
+        multi_tenant=True,
+    )
+    return dist.PrefixStore(f"contrastkit/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 @contextlib.contextmanager
@@ -95,6 +120,8 @@ def distributed_run(device: torch.device | str = "cpu") -> Iterator[bool]:
     joined = init_from_env(device)
     try:
         yield get_rank() == 0
+        if joined:
+            dist.barrier()  # leave together: rank 0 may still be evaluating and writing the report
     finally:
         if joined and dist.is_initialized():
             dist.destroy_process_group()
@@ -164,7 +191,8 @@ class Layout:
         one all_gather of the counts."""
         if self.world == 1:
             return Layout.single(rows)
-        counts = _all_gather_rows(torch.tensor([rows], device=_comm_device(self.group)), self)
+        one_each = Layout((1,) * self.world, self.rank, self.group)
+        counts = _all_gather_rows(torch.tensor([rows], device=_comm_device(self.group)), one_each)
         return Layout(tuple(int(n) for n in counts.tolist()), self.rank, self.group)
 
     def rows_of(self, rank: int) -> slice:
@@ -333,11 +361,22 @@ def ring_blocks(x: torch.Tensor, layout: Layout) -> Iterator[tuple[int, torch.Te
 
 # ---- errors that stop every rank together --------------------------------------------------------
 class _Agreement:
-    """What ``agreement`` yields: set ``rows`` inside the block; read ``layout`` after it."""
+    """What ``agreement`` yields: set ``batch`` (the tensor whose rows are the batch) inside the
+    block; read ``layout`` after it."""
 
     def __init__(self) -> None:
-        self.rows: int | None = None
+        self.batch: torch.Tensor | None = None
         self.layout: Layout | None = None
+
+
+_WIRE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _row_signature(t: torch.Tensor) -> tuple[int, int, int]:
+    """(rows, values per row, dtype code): what every rank's batch must agree on but the rows."""
+    code = _WIRE_DTYPES.index(t.dtype) if t.dtype in _WIRE_DTYPES else len(_WIRE_DTYPES)
+    per_row = t[0].numel() if t.shape[0] else math.prod(t.shape[1:])
+    return t.shape[0], per_row, code
 
 
 @contextlib.contextmanager
@@ -345,31 +384,42 @@ def agreement(fn: str, mode: str | None, group: Any = None) -> Iterator[_Agreeme
     """Validate local inputs inside the block; its exit is one collective that shares the rows
     of every rank (the ``Layout``) or, when any rank raised, stops all of them.
 
-    With ``mode=None`` nothing is communicated and ``layout`` stays None.
+    Ranks must also agree on the batch's row shape and dtype (one rank's model in float16, a
+    different embedding size): a mismatch is an ``InputError`` on every rank, never a gather of
+    mismatched buffers. With ``mode=None`` nothing is communicated and ``layout`` stays None.
     """
     state = _Agreement()
     try:
         yield state
     except ContrastkitError as err:
         if mode is not None:
-            _exchange_sizes(fn, 0, group, err)  # raises on every rank
+            _exchange(fn, (0, 0, 0), group, err)  # raises on every rank
         raise
-    if mode is not None:
-        if state.rows is None:
-            raise RuntimeError(f"{fn}: agreement() needs 'rows' set inside the block.")
-        sizes = _exchange_sizes(fn, state.rows, group, None)
-        empty = [r for r, size in enumerate(sizes) if size == 0]
-        if empty:
-            raise InputError(
-                f"{fn}: rank(s) {empty} hold an empty batch; every rank needs at least one row "
-                f"(split the global batch so that each rank gets some)."
-            )
-        state.layout = Layout(sizes, dist.get_rank(group), group)
+    if mode is None:
+        return
+    if state.batch is None:
+        raise RuntimeError(f"{fn}: agreement() needs 'batch' set inside the block.")
+    shared = _exchange(fn, _row_signature(state.batch), group, None)
+    if len({part[1:] for part in shared}) > 1:
+        seen = ", ".join(
+            f"rank {r}: {per_row} values per row, {_dtype_name(code)}"
+            for r, (_, per_row, code) in enumerate(shared)
+        )
+        raise InputError(
+            f"{fn}: the ranks' batches differ in row shape or dtype ({seen}); every rank must run "
+            f"the same model."
+        )
+    empty = [r for r, part in enumerate(shared) if part[0] == 0]
+    if empty:
+        raise InputError(
+            f"{fn}: rank(s) {empty} hold an empty batch; every rank needs at least one row "
+            f"(split the global batch so that each rank gets some)."
+        )
+    state.layout = Layout(tuple(part[0] for part in shared), dist.get_rank(group), group)
 
 
-def _exchange_sizes(fn: str, rows: int, group: Any, error: BaseException | None) -> tuple[int, ...]:
-    """Every rank's row count; on any rank's failure, an error on all ranks (see ``_exchange``)."""
-    return tuple(values[0] for values in _exchange(fn, (rows,), group, error))
+def _dtype_name(code: int) -> str:
+    return str(_WIRE_DTYPES[code]).replace("torch.", "") if code < len(_WIRE_DTYPES) else "another dtype"
 
 
 def _exchange(

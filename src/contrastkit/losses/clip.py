@@ -111,7 +111,7 @@ def clip_loss(
             raise InputError(
                 f"{fn}: 'ignore_mask' is a mask over one process's batch; it has no distributed form."
             )
-        agreed.rows = x.shape[0]
+        agreed.batch = x
     layout = agreed.layout
     if mode == "local":
         return _local_clip_loss(fn, layout, x, y, scale, bias, label_smoothing, sample_ids, chunk_size)

@@ -214,7 +214,7 @@ def info_nce(
                 per_query_negatives = extra_negatives
             else:
                 shared_negatives = extra_negatives
-        agreed.rows = batch
+        agreed.batch = q
     layout = agreed.layout
 
     def run(queries, keys, shared, per_query, how, positive=None, ignore=None):

@@ -94,7 +94,7 @@ def mnrl(
             check_nonzero_rows(fn, "negatives", negatives.reshape(-1, dim))
         if guide is not None:
             guide = _check_guide(fn, guide, negatives, batch)
-        agreed.rows = batch
+        agreed.batch = anchors
     layout = agreed.layout or Layout.single(batch)
     if mode == "gather":
         anchors, positives = layout.gather(anchors), layout.gather(positives)

@@ -51,7 +51,7 @@ def nt_xent(
     with agreement(fn, mode) as agreed:
         z1, z2 = unit_pair(fn, z1, z2, ("z1", "z2"))
         temperature = check_temperature(fn, "temperature", temperature)
-        agreed.rows = z1.shape[0]
+        agreed.batch = z1
     layout = agreed.layout or Layout.single(z1.shape[0])
     n = layout.total
     check_has_negatives(fn, 2 * n - 1, f"N={n} gives each view only its partner")

@@ -75,7 +75,7 @@ def siglip_loss(
         bias = check_scalar(fn, "bias", bias)
         if sample_ids is not None:
             sample_ids = check_labels(fn, "sample_ids", sample_ids, x.shape[0])
-        agreed.rows = x.shape[0]
+        agreed.batch = x
     layout = agreed.layout
     if mode is None:
         return _sigmoid_sum(fn, x, y, scale, bias, sample_ids, sample_ids, True, chunk_size) / x.shape[0]

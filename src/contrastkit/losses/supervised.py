@@ -90,7 +90,7 @@ def supcon(
             positive_mask = check_mask(fn, "positive_mask", positive_mask, (n, n))
         if ignore_mask is not None:
             ignore_mask = check_mask(fn, "ignore_mask", ignore_mask, (n, n))
-        agreed.rows = n
+        agreed.batch = z
     layout = agreed.layout or Layout.single(n)
     if mode == "gather":
         z, labels = layout.gather(z), layout.gather_values(labels, local_first=False)

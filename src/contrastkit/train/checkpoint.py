@@ -130,6 +130,16 @@ def save_checkpoint(
     return final
 
 
+def remove_incomplete(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary folders of checkpoints whose writer died before the final rename;
+    returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    stale = sorted(root.glob(f".tmp-{PREFIX}*")) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest (lowest step) first; temporary folders are ignored."""
     root = Path(run_dir) / "checkpoints"

@@ -115,7 +115,7 @@ def _on_gathered_inputs(fn: Callable[..., torch.Tensor], name: str) -> Callable[
 
     def gathered(x: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         with agreement(name, "gather") as agreed:
-            agreed.rows = x.shape[0]
+            agreed.batch = x
         return fn(agreed.layout.gather(x), agreed.layout.gather(y), *args, **kwargs)
 
     return gathered

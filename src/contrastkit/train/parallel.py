@@ -45,7 +45,7 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     device_ids = None
     if device.type == "cuda":
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
 
 def average_loss_gradients(model: nn.Module) -> None:

@@ -33,6 +33,7 @@ from contrastkit.models import ContrastiveModel, build_model
 from contrastkit.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
+    remove_incomplete,
     restore,
     save_checkpoint,
 )
@@ -301,6 +302,8 @@ class Trainer:
             (self.last_checkpoint / TOKENIZER_FILE).write_bytes(tokenizer_file.read_bytes())
 
     def _resume(self) -> None:
+        if self.is_main:
+            remove_incomplete(self.run_dir)  # a writer killed mid-save (never under a final name)
         checkpoint = load_checkpoint(self.run_dir)
         restore(checkpoint, self.model, self.optimizer)
         state = checkpoint["state"]
