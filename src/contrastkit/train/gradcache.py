@@ -158,8 +158,10 @@ def gradcache_step(
         The loss, detached.
 
     Under DDP, parameters that only ``loss_fn`` uses (a learnable scale inside the wrapped model)
-    get their gradient outside DDP's synchronised backward; keep them outside the DDP module or
-    all-reduce their gradient yourself (the trainer's distributed mode is issue 5's work).
+    get their gradient outside DDP's synchronised backward: keep them out of DDP and average their
+    gradient yourself, as the trainer does (``train.parallel.wrap_model`` and
+    ``average_loss_gradients``). With a distributed loss (``distributed="local"``) the cached
+    gradients already hold every rank's contribution, so the result is the global-batch gradient.
     """
     if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 1:
         raise InputError(f"gradcache: 'micro_batch_size' must be an int >= 1; got {micro_batch_size!r}.")
