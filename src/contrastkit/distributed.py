@@ -458,6 +458,16 @@ def agree_on_step(
     return _exchange(what, values, group, error)
 
 
+def gather_objects(value: Any, group: Any = None) -> list[Any]:
+    """Every rank's picklable ``value``, in rank order (``[value]`` without a process group).
+    Only for values this job's own ranks produced: it unpickles what they send."""
+    if not is_active(group):
+        return [value]
+    found: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(found, value, group=group)
+    return found
+
+
 def all_reduce_mean(value: float, group: Any = None) -> float:
     """The mean over ranks of a Python float (the global loss from the ranks' shares)."""
     if not is_active(group):

@@ -18,9 +18,10 @@ The controls replace ``Layout.gather`` / ``gather_others`` inside the workers wi
 
 from __future__ import annotations
 
-import dist_tasks
 import numpy as np
 import pytest
+
+import dist_tasks
 
 SIZES = (3, 5)
 

@@ -8,10 +8,10 @@ all (every mode is then the plain loss), in the main process.
 
 from __future__ import annotations
 
-import dist_tasks
 import pytest
 import torch
 
+import dist_tasks
 from contrastkit.distributed import DistributedError, is_active
 from contrastkit.errors import ContrastkitError, InputError
 

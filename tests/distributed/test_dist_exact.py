@@ -12,10 +12,10 @@ three ranks) and checks, against the single-process loss L of the whole batch in
 
 from __future__ import annotations
 
-import dist_tasks
 import pytest
 import torch
 
+import dist_tasks
 from process_pool import TaskFailed
 
 SIZES = (3, 5)

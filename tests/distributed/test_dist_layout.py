@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import dist_tasks
 import numpy as np
 import pytest
+
+import dist_tasks
 
 
 def _run(pool, pool3, world, task, *args):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY_RUN
 from process_pool import free_port
+from stream_shards import streamed_spec, write_shards
 
 ENTRY = Path(__file__).with_name("torchrun_entry.py")
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes-clip.yaml"
@@ -173,3 +174,14 @@ def test_a_bad_batch_on_one_rank_stops_every_rank_with_its_message(tmp_path):
     assert "truncated (synthetic fault)" in result.stderr
     assert "stopped because rank 1 failed" in result.stderr
     assert not re.search(r"\[rank\d\]: Traceback", result.stderr), "a worker died with a traceback"
+
+
+def test_streamed_shards_split_over_workers_resume_after_a_kill(tmp_path):
+    """Each rank streams its own shards (positions differ per rank); a killed worker's group
+    resumes every rank at its own position, exactly."""
+    spec = streamed_spec(write_shards(tmp_path, shards=6, per_shard=12))
+    _ok(two_workers(tmp_path / "clean", extra=[spec]))
+    _ok(two_workers(tmp_path / "killed", fault="kill_worker", restarts=1, extra=[spec]))
+    assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "clean"), abs=1e-6)
+    state = json.loads((tmp_path / "clean" / "checkpoints" / "step-000006" / "state.json").read_text())
+    assert len(state["data_positions"]) == 2

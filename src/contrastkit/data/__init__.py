@@ -32,7 +32,7 @@ from contrastkit.data.samplers import (
 from contrastkit.data.shapes import ShapesSource
 from contrastkit.data.shards import ShardSource, expand_shard_urls
 from contrastkit.data.sources import MODALITIES, ListSource, Source
-from contrastkit.data.stream import ShardStream
+from contrastkit.data.stream import ShardStream, TransformedStream
 from contrastkit.data.tokenize import BPETokenizer, ByteTokenizer, pad_sequences
 from contrastkit.data.transforms import ImageTransform, SeriesTransform, TextTransform, load_image
 
@@ -60,6 +60,7 @@ __all__ = [
     "ShardStream",
     "Source",
     "TextTransform",
+    "TransformedStream",
     "default_data_root",
     "expand_shard_urls",
     "get_source",

@@ -57,7 +57,8 @@ class ContrastiveDataset(torch.utils.data.Dataset):
     ``set_epoch`` to draw new augmentations each epoch.
 
     Args:
-        source: a ``Source``.
+        source: a ``Source`` (a ``ShardStream`` too, through ``TransformedStream``, which uses
+            ``transform_record`` only).
         transforms: modality -> callable(raw item[, generator=]) -> tensor or str. Modalities
             without one get the default (``ImageTransform()``, ``TextTransform()``,
             ``SeriesTransform()``).
@@ -115,6 +116,10 @@ class ContrastiveDataset(torch.utils.data.Dataset):
             record = self.source[index]
         except RECORD_ERRORS as e:
             return BadRecord(index, f"cannot read the record: {e}")
+        return self.transform_record(record, index)
+
+    def transform_record(self, record: dict[str, Any], index: int) -> dict[str, Any] | BadRecord:
+        """One raw record through the transforms, its augmentations seeded by (seed, epoch, index)."""
         out: dict[str, Any] = {"index": index}
         if "label" in record:
             if record["label"] is None:

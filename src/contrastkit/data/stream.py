@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from contrastkit.data.badrecords import DataError
+from contrastkit.data.dataset import ContrastiveDataset
 from contrastkit.data.samplers import _check_int, _rank_and_world
 from contrastkit.data.shards import (
     _check_extensions,
@@ -202,3 +203,28 @@ class ShardStream(torch.utils.data.IterableDataset):
             f"ShardStream(name={self.name!r}, shards={len(self.urls)}, modalities={self.modalities}, "
             f"rank={self.rank}/{self.world_size})"
         )
+
+
+class TransformedStream(torch.utils.data.IterableDataset):
+    """A ``ShardStream``'s records through per-modality transforms, as ``ContrastiveDataset`` does
+    for a map-style source: augmentations seeded by (seed, epoch, record index), unloadable
+    records turned into ``BadRecord`` values for the ``Collator`` to drop.
+
+    Args:
+        stream: the ``ShardStream`` (split over ranks and workers by itself).
+        transforms: modality -> transform, as ``ContrastiveDataset``.
+        generator_seed: base seed of the augmentation generators.
+    """
+
+    def __init__(self, stream: ShardStream, transforms: Any = None, generator_seed: int = 0) -> None:
+        self.stream = stream
+        self.items = ContrastiveDataset(stream, transforms, generator_seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch's shard order, shuffle and augmentations."""
+        self.stream.set_epoch(epoch)
+        self.items.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        for record in self.stream:
+            yield self.items.transform_record(record, record["index"])

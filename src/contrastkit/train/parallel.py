@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from contrastkit.distributed import get_rank, get_world_size, is_active
+from contrastkit.distributed import gather_objects, get_rank, get_world_size, is_active
 
 RANK_RNG_PREFIX = "rng.rank"
 
@@ -89,11 +89,7 @@ def seed_rank(seed: int) -> None:
 
 def gather_bad_record_examples(examples: list, keep: int) -> list:
     """Every rank's example bad records, in rank order, the first ``keep`` of them."""
-    if not is_active():
-        return examples
-    found: list[list | None] = [None] * get_world_size()
-    dist.all_gather_object(found, examples)
-    return [record for part in found for record in (part or [])][:keep]
+    return [record for part in gather_objects(examples) for record in part][:keep]
 
 
 def rank_rng_tensors() -> dict[str, torch.Tensor]:
@@ -104,12 +100,10 @@ def rank_rng_tensors() -> dict[str, torch.Tensor]:
     mine = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         mine.update({f"torch_cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    states: list[dict[str, torch.Tensor] | None] = [None] * get_world_size()
-    dist.all_gather_object(states, mine)
     return {
         f"{RANK_RNG_PREFIX}{rank}.{key}": value
-        for rank, state in enumerate(states)
-        if rank > 0 and state is not None
+        for rank, state in enumerate(gather_objects(mine))
+        if rank > 0
         for key, value in state.items()
     }
 

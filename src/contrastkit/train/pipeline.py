@@ -14,24 +14,35 @@ from contrastkit.data import (
     ClassBalancedBatchSampler,
     Collator,
     ContrastiveDataset,
+    DataError,
     DistributedBatchSampler,
     ImageTransform,
     ManifestSource,
     NoDuplicatesBatchSampler,
     ShardSource,
+    ShardStream,
     Source,
     TextTransform,
+    TransformedStream,
     get_source,
+    split_rows,
 )
-from contrastkit.distributed import is_active
+from contrastkit.distributed import get_rank, get_world_size, is_active
 from contrastkit.errors import InputError
 from contrastkit.train.config import Config, ConfigError
 
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def build_source(spec: dict[str, Any], key: str) -> Source:
-    """A source from a ``data.train`` / ``data.eval`` spec; errors are prefixed with the key."""
+def build_source(
+    spec: dict[str, Any], key: str, *, stream: bool = False, seed: int = 0
+) -> Source | ShardStream:
+    """A source from a ``data.train`` / ``data.eval`` spec; errors are prefixed with the key.
+
+    A shard spec with ``stream: true`` (and optionally ``shuffle_buffer``) gives a ``ShardStream``
+    split over ranks and workers when ``stream`` is True (training); elsewhere (evaluation, a
+    probe's training set) the same shards are read into memory as a ``ShardSource``.
+    """
     options = dict(spec)
     try:
         if "name" in options:
@@ -39,8 +50,16 @@ def build_source(spec: dict[str, Any], key: str) -> Source:
             return get_source(name, options.pop("split", "train"), options.pop("root", None), **options)
         if "manifest" in options:
             return ManifestSource(options.pop("manifest"), **options)
+        streamed = options.pop("stream", False)
+        if not isinstance(streamed, bool):
+            raise ConfigError(f"data.{key}.stream: expected true or false; got {streamed!r}.")
+        if streamed and stream:
+            return ShardStream(options.pop("shards"), seed=seed, **options)
+        options.pop("shuffle_buffer", None)
         return ShardSource(options.pop("shards"), **options)
     except (InputError, TypeError) as err:
+        if isinstance(err, ConfigError):
+            raise
         raise ConfigError(f"data.{key}: {err}") from None
 
 
@@ -77,7 +96,11 @@ def build_tokenizer(config: Config, source: Source | None, run_dir: Path | None)
         raise ConfigError(
             f"data.tokenizer: 'bpe' but {run_dir} holds no {TOKENIZER_FILE}; the checkpoint is incomplete."
         )
-    texts = [source[i]["text"] for i in range(len(source))]
+    if isinstance(source, ShardStream):  # every shard, whatever this process's share
+        whole = ShardStream(source.urls, source.keys, shuffle_buffer=0, rank=0, world_size=1)
+        texts = [record["text"] for record in whole]
+    else:
+        texts = [source[i]["text"] for i in range(len(source))]
     tokenizer = BPETokenizer.train(
         [t for t in texts if isinstance(t, str) and t.strip()], data.vocab_size, data.max_length
     )
@@ -123,10 +146,13 @@ class BatchStream:
     seeded by (seed, epoch, index)).
     """
 
-    def __init__(self, config: Config, source: Source, tokenizers: dict[str, Any]) -> None:
+    def __init__(self, config: Config, source: Source | ShardStream, tokenizers: dict[str, Any]) -> None:
         transforms = image_transforms(config, train=True) if "image" in source.modalities else {}
         if "text" in source.modalities:
             transforms["text"] = TextTransform(config.data.caption_sentences)
+        if isinstance(source, ShardStream):
+            self._stream_loader(config, source, transforms, Collator(tokenizers))
+            return
         self.dataset = ContrastiveDataset(source, transforms, config.seed)
         self.sampler = build_sampler(config, source)
         if len(self.sampler) == 0:
@@ -148,6 +174,28 @@ class BatchStream:
         self.epoch, self.consumed = 0, 0
         self._iterator: Iterator[dict[str, Any]] | None = None
 
+    def _stream_loader(
+        self, config: Config, source: ShardStream, transforms: dict, collate: Collator
+    ) -> None:
+        """Streamed shards: each rank reads its own shards, in batches of its rows of the global batch."""
+        if config.data.sampler == "class_balanced":
+            raise ConfigError(
+                "data.sampler: 'class_balanced' needs a map-style source; drop data.train.stream."
+            )
+        self.dataset = TransformedStream(source, transforms, config.seed)
+        self.sampler = None
+        rows = split_rows(config.train.batch_size, get_world_size())[get_rank()]
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=rows,
+            drop_last=True,
+            collate_fn=collate,
+            num_workers=config.data.num_workers,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        self.epoch, self.consumed = 0, 0
+        self._iterator = None
+
     def position(self) -> dict[str, int]:
         """Where the next batch comes from."""
         return {"epoch": self.epoch, "batch": self.consumed}
@@ -156,17 +204,30 @@ class BatchStream:
         """Continue from a saved ``position``."""
         self.epoch, self.consumed = int(position["epoch"]), int(position["batch"])
         self._iterator = None
+        if self.sampler is None and self.consumed and self.loader.num_workers:
+            raise ConfigError(
+                "data.num_workers: a streamed run resumes exactly mid-epoch only without loader workers "
+                "(each worker reads its own shards); resume with --set data.num_workers=0."
+            )
 
     def next(self) -> dict[str, Any]:
         """The next batch (dict of the data contract, with ``"bad"`` records listed)."""
         while True:
             if self._iterator is None:
                 self.dataset.set_epoch(self.epoch)
-                self.sampler.set_epoch(self.epoch, self.consumed)
+                if self.sampler is not None:
+                    self.sampler.set_epoch(self.epoch, self.consumed)
+                else:
+                    self.dataset.stream.skip(self.consumed * self.loader.batch_size)
                 self._iterator = iter(self.loader)
             try:
                 batch = next(self._iterator)
             except StopIteration:
+                if self.consumed == 0:
+                    raise DataError(
+                        f"epoch {self.epoch} gave no full batch of {self.loader.batch_size} records on "
+                        f"this process; its share of the data is too small for train.batch_size."
+                    ) from None
                 self.epoch, self.consumed, self._iterator = self.epoch + 1, 0, None
                 continue
             self.consumed += 1

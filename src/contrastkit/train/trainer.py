@@ -27,7 +27,14 @@ import torch
 import yaml
 
 from contrastkit.data import BadRecordLog, Source
-from contrastkit.distributed import agree_on_step, all_reduce_mean, get_rank, get_world_size, is_active
+from contrastkit.distributed import (
+    agree_on_step,
+    all_reduce_mean,
+    gather_objects,
+    get_rank,
+    get_world_size,
+    is_active,
+)
 from contrastkit.errors import ContrastkitError
 from contrastkit.models import ContrastiveModel, build_model
 from contrastkit.train.checkpoint import (
@@ -158,7 +165,7 @@ class Trainer:
                 f"with --resume, or train into another --out."
             )
         seed_everything(config.seed)
-        self.train_source = build_source(config.data.train, "train")
+        self.train_source = build_source(config.data.train, "train", stream=True, seed=config.seed)
         self.eval_source = None if config.data.eval is None else build_source(config.data.eval, "eval")
         with rank_zero_first():  # rank 0 writes the run folder and tokenizer, the others read them
             if self.is_main:
@@ -279,11 +286,13 @@ class Trainer:
     def _save(self) -> None:
         """Write a checkpoint (rank 0), with every rank's generator states."""
         rank_states = rank_rng_tensors()
+        positions = gather_objects(self.stream.position())  # equal, unless each rank streams its shards
         if not self.is_main:
             return
         state = {
             "config": self.config.to_dict(),
-            "data_position": self.stream.position(),
+            "data_position": positions[0],
+            "data_positions": positions,
             "bad_records": {"bad": self.bad_records.bad, "seen": self.bad_records.seen},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "contrastkit_version": _version(),
@@ -310,7 +319,7 @@ class Trainer:
         restore_rank_rng(checkpoint["rng"], self.config.seed, int(state["step"]))
         check_resumable(state["config"], self.config.to_dict(), checkpoint["path"])
         self.step = int(state["step"])
-        self.stream.seek(state["data_position"])
+        self.stream.seek(self._own_position(state))
         self.bad_records.bad, self.bad_records.seen = (
             state["bad_records"]["bad"],
             state["bad_records"]["seen"],
@@ -323,6 +332,16 @@ class Trainer:
                 f"--resume: the checkpoint {checkpoint['path']} is already at step {self.step} of "
                 f"train.steps={self.config.train.steps}; raise train.steps to train further."
             )
+
+    def _own_position(self, state: dict[str, Any]) -> dict[str, int]:
+        """This rank's data position in a checkpoint (ranks streaming their own shards differ)."""
+        positions = state.get("data_positions", [state["data_position"]])
+        if len(set(map(json.dumps, positions))) > 1 and len(positions) != self.world:
+            raise TrainingError(
+                f"--resume: the checkpoint was written by {len(positions)} processes streaming their own "
+                f"shards; resume it with {len(positions)} processes (not {self.world})."
+            )
+        return positions[self.rank] if len(positions) == self.world else positions[0]
 
     def _open_log(self):
         path = self.run_dir / "log.csv"
@@ -427,16 +446,16 @@ class Trainer:
             )
             metrics.update(found)
             write_artifacts(self.run_dir, source, artifacts, config.data.image_size, config.eval.examples)
-        elif (
-            modalities == ("image",)
-            and source.labels() is not None
-            and self.train_source.labels() is not None
-        ):
-            metrics.update(
-                evaluate_probe(
-                    embed, self.train_source, source, config.eval.knn_k, config.data.eval_max_records
+        elif modalities == ("image",) and source.labels() is not None:
+            train_source = self.train_source
+            if not isinstance(train_source, Source):  # streamed shards: the probe reads them whole
+                train_source = build_source(config.data.train, "train")
+            if train_source.labels() is not None:
+                metrics.update(
+                    evaluate_probe(
+                        embed, train_source, source, config.eval.knn_k, config.data.eval_max_records
+                    )
                 )
-            )
         return metrics
 
     def run(self) -> dict[str, float]:
