@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from contrastkit.distributed import get_rank, get_world_size
 from contrastkit.errors import InputError
 
 
@@ -238,12 +239,8 @@ def split_rows(total: int, world: int) -> list[int]:
 
 def _rank_and_world(fn: str, rank: int | None, world_size: int | None) -> tuple[int, int]:
     """(rank, world_size), each defaulting to torch.distributed's (0 / 1 without a process group)."""
-    dist = torch.distributed
-    active = dist.is_available() and dist.is_initialized()
-    if world_size is None:
-        world_size = dist.get_world_size() if active else 1
-    if rank is None:
-        rank = dist.get_rank() if active else 0
+    world_size = get_world_size() if world_size is None else world_size
+    rank = get_rank() if rank is None else rank
     world_size = _check_int(fn, "world_size", world_size, 1)
     rank = _check_int(fn, "rank", rank, 0)
     if rank >= world_size:
