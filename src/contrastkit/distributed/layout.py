@@ -111,6 +111,13 @@ class Layout:
         start, stop = self.offset, self.offset + self.rows
         return torch.cat([x, gathered[:start], gathered[stop:]])
 
+    def logsumexp_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """log sum_r exp(values on rank r), elementwise, with gradient (every rank's partial LSEs
+        of the same columns -> the columns' LSEs over all rows)."""
+        if self.world == 1:
+            return values
+        return _AllReduceLogSumExp.apply(values, self)
+
     def count(self, local: int | torch.Tensor) -> int:
         """The sum over ranks of an integer count (no gradient)."""
         if self.world == 1:
@@ -162,6 +169,29 @@ def _all_gather_rows(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     dist.all_gather(parts, wire.contiguous(), group=layout.group)
     out = torch.cat([part[:n] for part, n in zip(parts, layout.sizes, strict=True)])
     return out.to(x.dtype)
+
+
+class _AllReduceLogSumExp(torch.autograd.Function):
+    """c = log sum_r exp(p_r) over ranks (max-shifted); the backward all-reduces (sums) dc, since
+    every rank's loss may use every c_j, and gives dp_r = sum dc * exp(p_r - c)."""
+
+    @staticmethod
+    def forward(ctx, partial: torch.Tensor, layout: Layout) -> torch.Tensor:
+        top = partial.detach().clone()
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=layout.group)
+        total = torch.exp(partial.detach() - top)
+        dist.all_reduce(total, group=layout.group)
+        result = top + torch.log(total)
+        ctx.save_for_backward(partial, result)
+        ctx.layout = layout
+        return result
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        partial, result = ctx.saved_tensors
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.layout.group)
+        return grad * torch.exp(partial - result), None
 
 
 class _GatherWithGrad(torch.autograd.Function):

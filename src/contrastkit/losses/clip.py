@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastkit.distributed import agreement, resolve_mode
+from contrastkit.distributed import Layout, agreement, resolve_mode
 from contrastkit.errors import (
     InputError,
     check_embeddings,
@@ -32,7 +32,6 @@ from contrastkit.functional import (
     scaled_logits,
     tiled_logsumexp,
 )
-from contrastkit.losses.infonce import directional_cross_entropy
 from contrastkit.losses.scale import LogitScale
 
 
@@ -150,42 +149,68 @@ def _global_clip_loss(fn, x, y, scale, bias, label_smoothing, sample_ids, ignore
 
 
 def _local_clip_loss(fn, layout, x, y, scale, bias, label_smoothing, sample_ids, chunk_size):
-    """This rank's share of ``clip_loss``: its images against every text and its texts against
-    every image (B_r x B each), summed over its anchors and scaled to W * S_r / n."""
+    """This rank's share of ``clip_loss`` from one B_r x B block, its images against every text.
+
+    The block gives the row LSEs of its images and partial column LSEs of every text; a
+    log-sum-exp all-reduce (O(B)) completes the columns, so each rank does 1/W of the work (not
+    two B_r x B blocks, one per direction).
+    """
     check_has_negatives(fn, layout.total, f"the global batch holds {layout.total} pair")
-    all_x, all_y = layout.gather_local_first(x), layout.gather_local_first(y)
-    all_ids = None if sample_ids is None else layout.gather_values(sample_ids)
-    terms = [
-        directional_cross_entropy(fn, q, keys, scale, bias, label_smoothing, sample_ids, all_ids, chunk_size)
-        for q, keys in ((x, all_y), (y, all_x))
-    ]
-    return 0.5 * sum(layout.share(fn, total, layout.count(n)) for total, n in terms)
+    all_y = layout.gather(y)
+    all_x = layout.gather(x) if sample_ids is not None or label_smoothing else None
+    all_ids = None if sample_ids is None else layout.gather_values(sample_ids, local_first=False)
+    dtype = compute_dtype(x, y)
+    chunk = choose_tiling(fn, chunk_size, layout.rows, layout.total, dtype)
+    if chunk:
+        r, c = tiled_logsumexp(x.to(dtype), all_y.to(dtype), scale, bias, chunk_size=chunk, cols=True)
+    else:
+        logits = scaled_logits(x, all_y, scale, bias)
+        r, c = torch.logsumexp(logits, 1), torch.logsumexp(logits, 0)
+    c = layout.logsumexp_over_ranks(c)
+    return _clip_from_lse(fn, layout, r, c, x, all_x, all_y, scale, bias, label_smoothing, all_ids)
 
 
 def _tiled_clip_loss(fn, x, y, scale, bias, label_smoothing, sample_ids, chunk):
     """``clip_loss`` from tiled row and column LSEs; the targets are O(B D) (group sums)."""
     dtype = compute_dtype(x, y)
     x, y = x.to(dtype), y.to(dtype)
-    offset = 0.0 if bias is None else bias
     r, c = tiled_logsumexp(x, y, scale, bias, chunk_size=chunk, cols=True)
+    return _clip_from_lse(
+        fn, Layout.single(x.shape[0]), r, c, x, x, y, scale, bias, label_smoothing, sample_ids
+    )
+
+
+def _clip_from_lse(fn, layout, r, c, x, all_x, all_y, scale, bias, label_smoothing, all_ids):
+    """The CLIP loss (this rank's share) from the log-sum-exps, with O(B D) targets.
+
+    r: (B_r,) row LSEs of this rank's images x (B_r, D); c: (B,) column LSEs of every text, in
+    rank order; all_x (or None without ids and smoothing), all_y: (B, D) in rank order; all_ids:
+    (B,) or None. With ids, a row's target is the mean logit of its positives (group sums).
+    """
+    own = layout.rows_of(layout.rank)
+    y, c = all_y[own].to(r.dtype), c[own]
+    all_y = all_y.to(r.dtype)
+    x = x.to(r.dtype)
+    offset = 0.0 if bias is None else bias
     valid = None
-    if sample_ids is None:
+    if all_ids is None:
         row_target = col_target = scale * (x * y).sum(1) + offset
     else:
-        y_sums, counts, group = group_sums(y, sample_ids)
-        x_sums, _, _ = group_sums(x, sample_ids)
-        n_positive = counts[group]
-        row_target = scale * (x * y_sums[group]).sum(1) / n_positive + offset
-        col_target = scale * (y * x_sums[group]).sum(1) / n_positive + offset
-        valid = n_positive < x.shape[0]
+        y_sums, counts, group = group_sums(all_y, all_ids)
+        x_sums, _, _ = group_sums(all_x.to(r.dtype), all_ids)
+        mine = group[own]
+        n_positive = counts[mine]
+        row_target = scale * (x * y_sums[mine]).sum(1) / n_positive + offset
+        col_target = scale * (y * x_sums[mine]).sum(1) / n_positive + offset
+        valid = n_positive < layout.total
     if label_smoothing:
         eps = label_smoothing
-        row_target = (1 - eps) * row_target + eps * (scale * (x @ y.mean(0)) + offset)
-        col_target = (1 - eps) * col_target + eps * (scale * (y @ x.mean(0)) + offset)
+        row_target = (1 - eps) * row_target + eps * (scale * (x @ all_y.mean(0)) + offset)
+        col_target = (1 - eps) * col_target + eps * (scale * (y @ all_x.to(r.dtype).mean(0)) + offset)
     rows, cols = r - row_target, c - col_target
     if valid is None:
-        return 0.5 * (rows.mean() + cols.mean())
-    return 0.5 * (reduce_anchor_losses(fn, rows[valid], valid) + reduce_anchor_losses(fn, cols[valid], valid))
+        return 0.5 * (layout.share(fn, rows.sum(), layout.total) + layout.share(fn, cols.sum(), layout.total))
+    return 0.5 * (layout.reduce(fn, rows[valid], valid) + layout.reduce(fn, cols[valid], valid))
 
 
 class CLIPLoss(nn.Module):

@@ -24,7 +24,6 @@ from contrastkit.functional import (
     REDUCTIONS,
     choose_tiling,
     compute_dtype,
-    group_sums,
     multi_positive_cross_entropy,
     reduce_anchor_losses,
     scaled_logits,
@@ -51,62 +50,6 @@ def tiled_diagonal_info_nce(
     if extra_logits is not None:
         r = torch.logaddexp(r, torch.logsumexp(extra_logits, dim=1))
     return r - scale * (q * keys[: q.shape[0]]).sum(1)
-
-
-def directional_cross_entropy(
-    fn: str,
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    scale: float | torch.Tensor,
-    bias: float | torch.Tensor | None,
-    label_smoothing: float,
-    q_ids: torch.Tensor | None,
-    key_ids: torch.Tensor | None,
-    chunk_size: int | None,
-) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy of queries over keys whose first B rows are the queries' own pairs.
-
-        l_ij = scale <q_i, keys_j> + bias,   L_i = LSE_j l_ij - sum_j w_ij l_ij,
-        w_i = (1 - eps) P_i / |P_i| + eps / M
-
-    with P_i = {i} (``q_ids`` None) or the keys sharing q_i's id. One direction of a CLIP loss over
-    a rank's rows (the keys gathered with its own rows first); plain or tiled as ``chunk_size``.
-
-    Args:
-        q: (B, D); keys: (M >= B, D); q_ids: (B,) and key_ids: (M,) ids (q_ids = key_ids[:B]).
-
-    Returns:
-        (sum over valid queries, their number); a query is valid when it has a negative.
-    """
-    rows, cols = q.shape[0], keys.shape[0]
-    dtype = compute_dtype(q, keys)
-    chunk = choose_tiling(fn, chunk_size, rows, cols, dtype)
-    if not chunk:
-        logits = scaled_logits(q, keys, scale, bias)
-        if q_ids is None:
-            targets = torch.arange(rows, device=q.device)
-            loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="sum")
-            return loss, rows
-        positive = q_ids[:, None] == key_ids[None, :]
-        loss, valid = multi_positive_cross_entropy(logits, positive, label_smoothing=label_smoothing)
-        return loss.sum(), int(valid.sum())
-    q, keys = q.to(dtype), keys.to(dtype)
-    offset = 0.0 if bias is None else bias
-    lse, _ = tiled_logsumexp(q, keys, scale, bias, chunk_size=chunk)
-    valid = None
-    if q_ids is None:
-        target = scale * (q * keys[:rows]).sum(1) + offset
-    else:
-        sums, counts, group = group_sums(keys, key_ids)
-        mine = group[:rows]
-        target = scale * (q * sums[mine]).sum(1) / counts[mine] + offset
-        valid = counts[mine] < cols
-    if label_smoothing:
-        target = (1 - label_smoothing) * target + label_smoothing * (scale * (q @ keys.mean(0)) + offset)
-    loss = lse - target
-    if valid is None:
-        return loss.sum(), rows
-    return loss[valid].sum(), int(valid.sum())
 
 
 def info_nce(

@@ -92,11 +92,13 @@ def siglip_loss(
         )
         return layout.share(fn, total, layout.total)
     all_ids = None if sample_ids is None else layout.gather_values(sample_ids, local_first=False)
+    # one decision for all W blocks: every block's logits are kept for the backward pass
+    chunk = choose_tiling(fn, chunk_size, layout.rows, layout.total, compute_dtype(x, y))
     total = 0.0
     for owner, block in ring_blocks(y, layout):
         block_ids = None if all_ids is None else all_ids[layout.rows_of(owner)]
         own = owner == layout.rank
-        total = total + _sigmoid_sum(fn, x, block, scale, bias, sample_ids, block_ids, own, chunk_size)
+        total = total + _sigmoid_sum(fn, x, block, scale, bias, sample_ids, block_ids, own, chunk)
     return layout.share(fn, total, layout.total)
 
 
