@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import importlib.util
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -53,9 +54,9 @@ def _default_out(config_path: str | None) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from contrastkit.distributed import agree_on_value, distributed_run
+    from contrastkit.distributed import distributed_run, job_value
     from contrastkit.train.config import load_config
-    from contrastkit.train.trainer import resolve_device, train
+    from contrastkit.train.trainer import Trainer, resolve_device
 
     if args.resume and args.out is None:
         raise ContrastkitError("--resume needs --out RUN_DIR (the run to continue).")
@@ -64,14 +65,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_path = Path(args.out) / "config.yaml"  # the run's own config
     config = load_config(config_path, args.set)
     with distributed_run(resolve_device(config.train.device)) as main:
-        out = Path(args.out) if args.out else _default_out(args.config)
-        out = Path(agree_on_value(str(out)))  # under torchrun: rank 0's (timestamped) choice
+        # under torchrun: the first attempt's rank 0 names the folder; restarts reuse it
+        out = Path(args.out or job_value("out", lambda: str(_default_out(args.config))))
         if main:
             print(f"run directory: {out}", flush=True)
-        metrics = train(config, out, resume=args.resume)
-        if main:
-            _print_metrics(metrics)
-            print(f"report: {out / 'report.html'}")
+        trainer = Trainer(config, out, resume=args.resume)
+        trainer.fit()
+    if main:  # the other workers have left; rank 0 evaluates and reports on its own
+        metrics = trainer.conclude()
+        _print_metrics(metrics)
+        print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -214,13 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except (ContrastkitError, FileNotFoundError) as err:
         print(f"contrastkit {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print(f"contrastkit {args.command}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    from contrastkit.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        # torch's gloo/DDP teardown sometimes aborts at interpreter exit ("terminate called without
+        # an active exception", about 1 run in 5 here), which torchrun would count as a failed
+        # worker: everything is written and the process group left, so leave without it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -659,3 +659,29 @@ def check_ddp(results: list[dict], mode: str, atol: float = 1e-10) -> None:
         assert set(res["grads"]) == set(results[0]["grads"])
         for name, (want, got) in res["grads"].items():
             _close(got, want, atol, f"rank {r}: DDP grad of {name}")
+
+
+def trainer_ddp_guards(rank, world):
+    """``train.parallel`` under a real process group: a parameter the loss never reaches is named
+    after the first backward; a BatchNorm tower on CPU is warned about (on rank 0)."""
+    import warnings
+
+    from contrastkit.train.config import ConfigError
+    from contrastkit.train.parallel import check_every_parameter_learns, wrap_model
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict(
+        {"towers": torch.nn.ModuleDict({"a": torch.nn.Linear(3, 2), "b": torch.nn.Linear(3, 2)})}
+    )
+    wrapped = wrap_model(model, torch.device("cpu"))
+    wrapped.module.towers["a"](torch.randn(4, 3)).sum().backward()
+    try:
+        check_every_parameter_learns(model)
+        unused = None
+    except ConfigError as err:
+        unused = str(err)
+    norm = torch.nn.ModuleDict({"towers": torch.nn.ModuleDict({"a": torch.nn.BatchNorm1d(3)})})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrap_model(norm, torch.device("cpu"))
+    return unused, [str(w.message) for w in caught]

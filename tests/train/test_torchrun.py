@@ -25,17 +25,19 @@ STEPS = ["train.steps=6", "train.checkpoint_every=3"]
 TIMEOUT_S = 180
 
 
-def _args(out: Path, extra: list[str] = ()) -> list[str]:
+def _args(out: Path, extra: list[str] = (), resume: bool = False) -> list[str]:
     sets = [arg for item in [*TINY_RUN, *STEPS, *extra] for arg in ("--set", item)]
-    return ["train", str(CONFIG), "--out", str(out), *sets]
+    return ["train", str(CONFIG), "--out", str(out), *sets, *(["--resume"] if resume else [])]
 
 
 def _env(fault: str = "") -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "FAULT": fault}
 
 
-def torchrun(out: Path, *launch: str, fault: str = "", extra: list[str] = ()) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", *launch, str(ENTRY), *_args(out, extra)]
+def torchrun(
+    out: Path, *launch: str, fault: str = "", extra: list[str] = (), resume: bool = False
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", *launch, str(ENTRY), *_args(out, extra, resume)]
     return subprocess.run(command, env=_env(fault), capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
@@ -88,8 +90,9 @@ def test_two_workers_train_the_same_run_as_one_process(runs):
 @pytest.mark.parametrize(
     "extra",
     [
-        # GradCache with 3 micro-batches on one rank and 2 on the other (global 16 -> 8 + 8 rows)
-        pytest.param(["train.micro_batch_size=3"], id="gradcache"),
+        # GradCache: 15 -> 8 + 7 rows, micro-batches of 7: two on rank 0, one on rank 1 (both
+        # ranks must take the GradCache path, or DDP's collectives would not pair up)
+        pytest.param(["train.batch_size=15", "train.micro_batch_size=7"], id="gradcache-uneven"),
         # SigLIP's learnable bias and scale (averaged by the trainer, not DDP), the ring exchange
         pytest.param(["loss.name=siglip", "model.init_bias=-10", "loss.distributed=ring"], id="siglip-ring"),
         # a loss without a distributed form runs on gathered inputs; uneven global batch 15 -> 8 + 7
@@ -185,3 +188,47 @@ def test_streamed_shards_split_over_workers_resume_after_a_kill(tmp_path):
     assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "clean"), abs=1e-6)
     state = json.loads((tmp_path / "clean" / "checkpoints" / "step-000006" / "state.json").read_text())
     assert len(state["data_positions"]) == 2
+
+
+def test_a_restart_never_resumes_a_run_this_job_did_not_write(tmp_path):
+    """Attempt 0 refuses a folder that holds another run; the restart must refuse it too."""
+    out = tmp_path / "old"
+    _ok(single(out, ["train.steps=3"]))
+    result = two_workers(out, restarts=1, extra=["train.steps=6"])
+    assert result.returncode != 0
+    assert "already holds a run" in result.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000003"]
+
+
+def test_a_restart_keeps_the_default_run_folder(tmp_path):
+    """Without --out the folder is named once per job, so a restart resumes in it."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["--max-restarts=1", str(ENTRY), *_args(tmp_path / "unused")]
+    at = command.index("--out")
+    del command[at : at + 2]
+    result = subprocess.run(
+        command, env=_env("kill_worker"), capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path
+    )
+    _ok(result)
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs
+    assert list(losses(runs[0])) == list(range(1, 7))
+
+
+def test_a_crash_after_training_restarts_into_the_report_alone(runs, tmp_path):
+    out = tmp_path / "after"
+    _ok(two_workers(out, fault="abort_after_fit", restarts=1))
+    assert losses(out) == pytest.approx(losses(runs[1]), abs=1e-6)
+    assert json.loads((out / "metrics.json").read_text())["train/steps"] == 6
+    assert (out / "report.html").is_file()
+
+
+def test_a_streamed_run_resumes_only_on_as_many_processes(tmp_path):
+    spec = streamed_spec(write_shards(tmp_path, shards=6, per_shard=12))
+    out = tmp_path / "one"
+    _ok(single(out, [spec, "train.steps=3"]))
+    result = torchrun(
+        out, "--standalone", "--nproc_per_node", "2", extra=[spec, "train.steps=6"], resume=True
+    )
+    assert result.returncode != 0
+    assert "resume it with 1 (not 2)" in result.stderr

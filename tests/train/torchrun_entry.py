@@ -6,6 +6,7 @@ attempt only (``TORCHELASTIC_RESTART_COUNT == 0``), so a restarted worker group 
     kill_worker       rank 1 is SIGKILLed in the middle of step 5 (after checkpoint 3)
     kill_during_save  rank 0 is SIGKILLed while writing checkpoint 6, before its final rename
     bad_batch         rank 1 fails to load the batch of step 2 (a DataError)
+    abort_after_fit   rank 1 aborts once training has finished (as a crash at teardown would)
 """
 
 from __future__ import annotations
@@ -57,5 +58,14 @@ if FIRST_ATTEMPT and FAULT == "bad_batch" and RANK == 1:
         return original_next(self)
 
     pipeline.BatchStream.next = next_batch
+
+if FIRST_ATTEMPT and FAULT == "abort_after_fit" and RANK == 1:
+    original_fit = trainer.Trainer.fit
+
+    def fit(self):
+        original_fit(self)
+        os.abort()
+
+    trainer.Trainer.fit = fit
 
 raise SystemExit(main())

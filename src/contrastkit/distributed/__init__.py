@@ -37,6 +37,7 @@ from contrastkit.distributed.group import (
     get_world_size,
     init_from_env,
     is_active,
+    job_value,
     launched_by_torchrun,
 )
 from contrastkit.distributed.layout import MODES, RING_MODES, Layout, resolve_mode, ring_blocks
@@ -56,6 +57,7 @@ __all__ = [
     "get_world_size",
     "init_from_env",
     "is_active",
+    "job_value",
     "launched_by_torchrun",
     "resolve_mode",
     "ring_blocks",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -80,7 +80,7 @@ def distributed_run(device: torch.device | str = "cpu") -> Iterator[bool]:
     try:
         yield get_rank() == 0
         if joined:
-            dist.barrier()  # leave together: rank 0 may still be evaluating and writing the report
+            dist.barrier()  # leave together, so no rank tears down a connection another still uses
     finally:
         if joined and dist.is_initialized():
             dist.destroy_process_group()
@@ -96,6 +96,25 @@ def agree_on_value(value: Any, group: Any = None) -> Any:
         box, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group
     )
     return box[0]
+
+
+def job_value(key: str, make: Callable[[], str]) -> str:
+    """A string fixed for a whole torchrun job, its restarts included (an output folder name, a
+    job token): the first attempt's rank 0 makes it and keeps it in torchrun's rendezvous store;
+    later attempts read it back. Outside torchrun, ``make()``. Without torchrun's shared store
+    (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``) the value is rank 0's of this attempt only.
+    """
+    if not launched_by_torchrun():
+        return make()
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return agree_on_value(make())
+    store = dist.PrefixStore(
+        "contrastkit/job",
+        dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False),
+    )
+    if int(os.environ["RANK"]) == 0 and not store.check([key]):
+        store.set(key, make())
+    return store.get(key).decode()
 
 
 def gather_objects(value: Any, group: Any = None) -> list[Any]:

@@ -136,6 +136,9 @@ class HFTextTower(nn.Module):
         max_length = check_positive_int(fn, "max_length", max_length)
         transformers = _import("transformers", "hf", fn)
         self.model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        pooler = getattr(self.model, "pooler", None)
+        if isinstance(pooler, nn.Module):  # BERT's pooler: its output is unused, so never train it
+            pooler.requires_grad_(False)
         hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if isinstance(limit, int) and max_length > limit:

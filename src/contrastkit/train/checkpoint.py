@@ -84,6 +84,11 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) ->
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives: ``run_dir/checkpoints/step-NNNNNN``."""
+    return Path(run_dir) / "checkpoints" / f"{PREFIX}{step:06d}"
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -102,9 +107,9 @@ def save_checkpoint(
     other ranks' RNG states, ``rng.*`` names come back in ``load_checkpoint``'s ``"rng"``) are
     stored beside the optimizer's.
     """
-    root = Path(run_dir) / "checkpoints"
+    final = checkpoint_dir(run_dir, step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:06d}"
     tmp = root / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

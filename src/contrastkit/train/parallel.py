@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -18,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from contrastkit.distributed import gather_objects, get_rank, get_world_size, is_active
+from contrastkit.train.config import ConfigError
 
 RANK_RNG_PREFIX = "rng.rank"
 
@@ -34,18 +36,49 @@ def loss_parameter_names(model: nn.Module) -> list[str]:
 def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
     """``DistributedDataParallel(model)`` when several processes run, else ``model`` itself.
 
-    Buffers are not broadcast at each forward (the towers keep no running statistics, and GradCache
-    runs a different number of forwards on ranks with uneven batches).
+    Buffers are not synchronised at each forward (GradCache runs a different number of forwards
+    on ranks with uneven batches). BatchNorm layers would normalise by each rank's slice and keep
+    per-rank running statistics: on CUDA they become ``SyncBatchNorm`` (statistics of the global
+    batch, as one process has); on CPU, where torch has no synchronised BatchNorm, a warning says
+    the run differs from one process.
     """
     if not is_active():
         return model
     from torch.nn.parallel import DistributedDataParallel
+
+    norms = [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms and device.type == "cuda":
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif norms and get_rank() == 0:
+        warnings.warn(
+            f"{norms[0]!r} is a BatchNorm layer: under torchrun on CPU each process normalises by its "
+            f"own slice of the batch and keeps its own running statistics (rank 0's are saved), so the "
+            f"run differs from one process. Use GroupNorm (model.towers.image.norm: group) for an "
+            f"exact run.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, loss_parameter_names(model))
     device_ids = None
     if device.type == "cuda":
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
     return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+
+
+def check_every_parameter_learns(model: nn.Module) -> None:
+    """Under DDP, after the first backward: every trainable parameter must have a gradient (DDP
+    waits for all of them and would fail at the next step with a message about reductions)."""
+    if not is_active():
+        return
+    skipped = set(loss_parameter_names(model))
+    idle = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and n not in skipped]
+    if idle:
+        raise ConfigError(
+            f"model: {len(idle)} trainable parameter(s) get no gradient from the loss (first: "
+            f"{idle[:3]}); under torchrun every trained parameter must be used. Freeze that part "
+            f"(model.frozen, or requires_grad_(False)) or drop it from the tower."
+        )
 
 
 def average_loss_gradients(model: nn.Module) -> None:

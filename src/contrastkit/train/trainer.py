@@ -19,6 +19,8 @@ import math
 import os
 import random
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,13 @@ from contrastkit.distributed import (
     get_rank,
     get_world_size,
     is_active,
+    job_value,
+    launched_by_torchrun,
 )
 from contrastkit.errors import ContrastkitError
 from contrastkit.models import ContrastiveModel, build_model
 from contrastkit.train.checkpoint import (
+    checkpoint_dir,
     list_checkpoints,
     load_checkpoint,
     remove_incomplete,
@@ -50,6 +55,7 @@ from contrastkit.train.gradcache import gradcache_step
 from contrastkit.train.objective import build_objective, flatten_views
 from contrastkit.train.parallel import (
     average_loss_gradients,
+    check_every_parameter_learns,
     elastic_restart,
     gather_bad_record_examples,
     rank_rng_tensors,
@@ -60,6 +66,9 @@ from contrastkit.train.parallel import (
 )
 from contrastkit.train.pipeline import TOKENIZER_FILE, BatchStream, build_source, build_tokenizer
 from contrastkit.train.progress import Progress
+
+JOB_FILE = ".torchrun-job"
+"""The torchrun job that owns a run directory: its restarts may resume the run without --resume."""
 
 LOG_COLUMNS = ("step", "epoch", "loss", "scale", "bias", "lr", "samples_per_s", "elapsed_s")
 
@@ -77,7 +86,12 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device: {name!r} but no CUDA device is available; use cpu or auto.")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device: 'mps' but MPS is not available; use cpu or auto.")
-    if name == "cuda" and is_active():
+    if name.startswith("cuda") and is_active():
+        if name != "cuda":
+            raise ConfigError(
+                f"train.device: {name!r} under torchrun would put every worker on one GPU; write cuda "
+                f"(or auto): each worker then uses cuda:$LOCAL_RANK."
+            )
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
 
@@ -152,8 +166,10 @@ class Trainer:
                 f"over {self.world} processes; raise it."
             )
         existing = list_checkpoints(self.run_dir)
-        if elastic_restart() and existing:
-            resume = True  # torchrun restarted the workers: continue from the newest checkpoint
+        job = job_value("run-token", lambda: uuid.uuid4().hex) if launched_by_torchrun() else None
+        # torchrun restarted this job's workers: continue from the checkpoints *this job* wrote
+        self.restarted = bool(elastic_restart() and existing and _job_of(self.run_dir) == job)
+        resume = resume or self.restarted
         self.resume = resume
         if resume and not existing:
             raise TrainingError(
@@ -170,6 +186,8 @@ class Trainer:
         with rank_zero_first():  # rank 0 writes the run folder and tokenizer, the others read them
             if self.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
+                if job is not None:
+                    (self.run_dir / JOB_FILE).write_text(job)
             self.model, self.tokenizer = build_run_model(config, self.train_source, self.run_dir)
         seed_rank(config.seed)
         self.model.to(self.device)
@@ -197,6 +215,7 @@ class Trainer:
         self.bad_records = BadRecordLog(config.data.max_bad_fraction, min_seen=1000)
         self.step = 0
         self.last_checkpoint: Path | None = None
+        self._checked_gradients = False
 
     # ---- one step -------------------------------------------------------------------------
     def _autocast(self):
@@ -210,8 +229,8 @@ class Trainer:
         with self._autocast():
             return self.parallel_model(flatten_views(batch, self.model.modalities))
 
-    def _batch(self) -> tuple[dict[str, Any], int, int]:
-        """The next usable batch on the device, its rows here and in the global batch.
+    def _batch(self) -> tuple[dict[str, Any], list[int]]:
+        """The next usable batch on the device, and every rank's rows of the global batch.
 
         Bad records are logged and checked against the global counts; every rank learns every
         rank's rows and bad records in one handshake, so all of them skip a batch, or stop on an
@@ -231,18 +250,19 @@ class Trainer:
             sizes = [rows for rows, _ in counts]
             if min(sizes) >= 1 and sum(sizes) >= 2:
                 inputs = {k: v for k, v in batch.items() if k in (*self.model.modalities, "label")}
-                return to_device(inputs, self.device), size, sum(sizes)
+                return to_device(inputs, self.device), sizes
 
     def train_step(self) -> tuple[float, int]:
         """One optimiser step; returns (loss of the global batch, samples in it)."""
         config = self.config
-        batch, size, global_size = self._batch()
+        batch, sizes = self._batch()
         lr = learning_rate(config, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         micro = config.train.micro_batch_size
-        if micro is not None and micro < size:
+        # decided on the largest slice, so every rank takes the same path (DDP's collectives match)
+        if micro is not None and micro < max(sizes):
             loss = gradcache_step(
                 self.parallel_model,
                 {k: v for k, v in batch.items() if k != "label"},
@@ -254,6 +274,9 @@ class Trainer:
         else:
             loss = self.objective(self._encode(batch), batch)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if not self._checked_gradients:  # once per process: DDP needs every parameter used
+            check_every_parameter_learns(self.model)
+            self._checked_gradients = True
         average_loss_gradients(self.model)
         value = all_reduce_mean(float(loss.detach()))
         if not math.isfinite(value):
@@ -268,7 +291,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.step += 1
-        return value, global_size
+        return value, sum(sizes)
 
     def _fail_non_finite(self, value: float) -> None:
         where = (
@@ -284,11 +307,17 @@ class Trainer:
 
     # ---- bookkeeping -----------------------------------------------------------------------
     def _save(self) -> None:
-        """Write a checkpoint (rank 0), with every rank's generator states."""
+        """A checkpoint (written by rank 0) with every rank's generator states and data position."""
         rank_states = rank_rng_tensors()
         positions = gather_objects(self.stream.position())  # equal, unless each rank streams its shards
-        if not self.is_main:
-            return
+        self._on_main(
+            f"writing checkpoint {self.step}", lambda: self._write_checkpoint(rank_states, positions)
+        )
+        self.last_checkpoint = checkpoint_dir(self.run_dir, self.step)
+
+    def _write_checkpoint(
+        self, rank_states: dict[str, torch.Tensor], positions: list[dict[str, int]]
+    ) -> None:
         state = {
             "config": self.config.to_dict(),
             "data_position": positions[0],
@@ -297,18 +326,18 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "contrastkit_version": _version(),
         }
-        self.last_checkpoint = save_checkpoint(
+        tokenizer_file = self.run_dir / TOKENIZER_FILE
+        files = {TOKENIZER_FILE: tokenizer_file.read_bytes()} if tokenizer_file.is_file() else None
+        save_checkpoint(
             self.run_dir,
             self.step,
             self.model,
             self.optimizer,
             state,
             keep=self.config.train.keep_checkpoints,
+            files=files,
             tensors=rank_states,
         )
-        tokenizer_file = self.run_dir / TOKENIZER_FILE
-        if tokenizer_file.is_file():
-            (self.last_checkpoint / TOKENIZER_FILE).write_bytes(tokenizer_file.read_bytes())
 
     def _resume(self) -> None:
         if self.is_main:
@@ -327,21 +356,23 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.last_checkpoint = checkpoint["path"]
-        if self.step >= self.config.train.steps:
+        if self.step >= self.config.train.steps and not self.restarted:
             raise TrainingError(
                 f"--resume: the checkpoint {checkpoint['path']} is already at step {self.step} of "
                 f"train.steps={self.config.train.steps}; raise train.steps to train further."
             )
 
     def _own_position(self, state: dict[str, Any]) -> dict[str, int]:
-        """This rank's data position in a checkpoint (ranks streaming their own shards differ)."""
+        """This rank's data position in a checkpoint. Ranks that stream their own shards each
+        have one, so such a run resumes only on as many processes as wrote it."""
         positions = state.get("data_positions", [state["data_position"]])
-        if len(set(map(json.dumps, positions))) > 1 and len(positions) != self.world:
+        if self.stream.sampler is None and len(positions) != self.world:
             raise TrainingError(
-                f"--resume: the checkpoint was written by {len(positions)} processes streaming their own "
-                f"shards; resume it with {len(positions)} processes (not {self.world})."
+                f"--resume: the checkpoint was written by {len(positions)} process(es), each streaming "
+                f"its own shards; resume it with {len(positions)} (not {self.world}), or the data would "
+                f"repeat and skip records."
             )
-        return positions[self.rank] if len(positions) == self.world else positions[0]
+        return positions[self.rank] if self.stream.sampler is None else positions[0]
 
     def _open_log(self):
         path = self.run_dir / "log.csv"
@@ -369,15 +400,16 @@ class Trainer:
 
     # ---- the run ---------------------------------------------------------------------------
     def fit(self) -> None:
-        """Train to ``train.steps``, logging and checkpointing."""
-        config, main = self.config, self.is_main
-        if main:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        """Train to ``train.steps``, logging and checkpointing (every rank; rank 0 writes)."""
+        config = self.config
         if self.resume:
             self._resume()
-        log_file, log = self._open_log() if main else (None, None)
-        board = self._tensorboard() if main else None
-        progress = Progress(config.train.steps, self.step, config.train.progress and main)
+        log_file, log, board = self._on_main("opening the run's log", self._open_outputs) or (
+            None,
+            None,
+            None,
+        )
+        progress = Progress(config.train.steps, self.step, config.train.progress and self.is_main)
         start = window_start = time.perf_counter()
         window_samples = 0
         try:
@@ -386,12 +418,13 @@ class Trainer:
                 window_samples += size
                 progress.update(1)
                 last = self.step == config.train.steps
-                if (self.step % config.train.log_every == 0 or last) and main:
+                if self.step % config.train.log_every == 0 or last:
                     now = time.perf_counter()
                     row = self._log_row(loss, window_samples / max(now - window_start, 1e-9), now - start)
-                    log.writerow(row)
-                    log_file.flush()
-                    self._report_row(row, board, progress)
+                    self._on_main(
+                        "writing log.csv",
+                        lambda row=row: self._write_row(row, log_file, log, board, progress),
+                    )
                     window_start, window_samples = now, 0
                 if self.step % config.train.checkpoint_every == 0 or last:
                     self._save()
@@ -402,6 +435,34 @@ class Trainer:
             if board is not None:
                 board.close()
         self.train_seconds = time.perf_counter() - start
+        self.bad_records.examples = gather_bad_record_examples(
+            self.bad_records.examples, self.bad_records.keep
+        )
+
+    def _on_main(self, what: str, action: Callable[[], Any]) -> Any:
+        """``action()`` on rank 0 only (writing files); if it fails there, every rank stops with
+        its message instead of waiting for rank 0 in the next collective."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = action()
+            except (ContrastkitError, OSError) as err:
+                error = err
+        agree_on_step(what, (), error)
+        return result
+
+    def _open_outputs(self):
+        """config.yaml, the log (kept up to the resumed step) and TensorBoard; rank 0."""
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        log_file, log = self._open_log()
+        return log_file, log, self._tensorboard()
+
+    def _write_row(
+        self, row: dict[str, Any], log_file: Any, log: Any, board: Any, progress: Progress
+    ) -> None:
+        log.writerow(row)
+        log_file.flush()
+        self._report_row(row, board, progress)
 
     def _log_row(self, loss: float, samples_per_s: float, elapsed: float) -> dict[str, Any]:
         """One ``log.csv`` row; scale and bias stay empty when the loss does not use them."""
@@ -459,15 +520,13 @@ class Trainer:
         return metrics
 
     def run(self) -> dict[str, float]:
-        """fit, evaluate, write metrics.json, data_issues.txt and report.html; returns the metrics.
-
-        Under torchrun, rank 0 evaluates and writes; the other ranks return {} after training."""
+        """fit, then ``conclude``; returns the metrics (under torchrun: {} on ranks > 0)."""
         self.fit()
-        self.bad_records.examples = gather_bad_record_examples(
-            self.bad_records.examples, self.bad_records.keep
-        )
-        if not self.is_main:
-            return {}
+        return self.conclude() if self.is_main else {}
+
+    def conclude(self) -> dict[str, float]:
+        """Evaluate and write metrics.json, data_issues.txt and report.html (rank 0, no
+        collectives: under torchrun the others may have left the process group)."""
         metrics = self.evaluate()
         _write_json_atomic(self.run_dir / "metrics.json", metrics)
         if self.bad_records.bad:
@@ -476,6 +535,12 @@ class Trainer:
 
         write_report(self.run_dir)
         return metrics
+
+
+def _job_of(run_dir: Path) -> str | None:
+    """The torchrun job token recorded in a run directory, None when there is none."""
+    path = run_dir / JOB_FILE
+    return path.read_text().strip() if path.is_file() else None
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
