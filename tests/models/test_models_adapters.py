@@ -185,6 +185,6 @@ def test_timm_tower_names_the_extra_when_timm_is_missing(monkeypatch):
 
 def test_hf_tower_never_trains_the_unused_pooler(minilm):
     """BERT's pooler output is not used; a trainable pooler would get no gradient (DDP fails)."""
-    _, tower = minilm
+    tower = HFTextTower(minilm[0])  # a fresh one: the shared fixture is unfrozen by another test
     pooler = [n for n, p in tower.named_parameters() if "pooler" in n]
     assert pooler and not any(p.requires_grad for n, p in tower.named_parameters() if "pooler" in n)
