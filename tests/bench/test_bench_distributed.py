@@ -24,11 +24,14 @@ def bench():
 
 def test_the_computed_columns(bench):
     local = bench.case("clip", "local", 4096)
-    assert bench.blocks(local) == [(2048, 4096)] * 2
-    # all-gather of x and y (2048 x 512 floats each) + all-reduce of their (4096, 512) gradients
-    assert bench.comm_bytes(local) == 2 * (2048 * 512 + 4096 * 512) * 4
+    assert bench.blocks(local) == [(2048, 4096)]  # one block: the columns' LSEs are all-reduced
+    # all-gather of y (2048 x 512 floats) + all-reduce of its (4096, 512) gradient + 3 LSE vectors
+    assert bench.comm_bytes(local) == (2048 * 512 + 4096 * 512 + 3 * 4096) * 4
+    gather = bench.case("clip", "gather", 4096)
+    assert bench.comm_bytes(gather) == 2 * (2048 * 512 + 4096 * 512) * 4
     ring = bench.case("siglip", "ring", 4096)
     assert bench.comm_bytes(ring) == 2 * 2048 * 512 * 4
+    assert bench.path_of(ring) == "tiled"  # decided for all W blocks at once (B_r x B > 16 MiB)
     baseline = bench.case("siglip", "none", 4096, world=1, threads=2)
     assert bench.comm_bytes(baseline) == 0
     assert bench.gemm_work(bench.case("siglip", "local", 4096)) / bench.gemm_work(baseline) == 0.5
