@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from contrastkit.distributed import gather_objects, get_rank, get_world_size, is_active
+from contrastkit.distributed import (
+    gather_objects,
+    get_rank,
+    get_world_size,
+    is_active,
+    job_value,
+    launched_by_torchrun,
+)
 from contrastkit.train.config import ConfigError
 
 RANK_RNG_PREFIX = "rng.rank"
@@ -96,9 +105,30 @@ def average_loss_gradients(model: nn.Module) -> None:
             param.grad.div_(world)
 
 
+JOB_FILE = ".torchrun-job"
+"""Names the torchrun job that owns a run directory: its restarts resume the run by themselves."""
+
+
 def elastic_restart() -> int:
     """How many times torchrun has restarted this worker group (0 on the first attempt)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def torchrun_job() -> str | None:
+    """A token for this torchrun job, the same in every restart of it; None outside torchrun."""
+    return job_value("run-token", lambda: uuid.uuid4().hex) if launched_by_torchrun() else None
+
+
+def claim_run_dir(run_dir: Path, job: str | None) -> None:
+    """Record that ``job`` (a ``torchrun_job`` token) writes ``run_dir``."""
+    if job is not None:
+        (run_dir / JOB_FILE).write_text(job)
+
+
+def restarted_into(run_dir: Path, job: str | None) -> bool:
+    """True in a torchrun restart whose own job wrote ``run_dir`` (never another run's folder)."""
+    path = run_dir / JOB_FILE
+    return bool(elastic_restart() and job and path.is_file() and path.read_text().strip() == job)
 
 
 @contextlib.contextmanager

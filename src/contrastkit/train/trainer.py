@@ -19,7 +19,6 @@ import math
 import os
 import random
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,6 @@ from contrastkit.distributed import (
     get_rank,
     get_world_size,
     is_active,
-    job_value,
-    launched_by_torchrun,
 )
 from contrastkit.errors import ContrastkitError
 from contrastkit.models import ContrastiveModel, build_model
@@ -56,19 +53,18 @@ from contrastkit.train.objective import build_objective, flatten_views
 from contrastkit.train.parallel import (
     average_loss_gradients,
     check_every_parameter_learns,
-    elastic_restart,
+    claim_run_dir,
     gather_bad_record_examples,
     rank_rng_tensors,
     rank_zero_first,
+    restarted_into,
     restore_rank_rng,
     seed_rank,
+    torchrun_job,
     wrap_model,
 )
 from contrastkit.train.pipeline import TOKENIZER_FILE, BatchStream, build_source, build_tokenizer
 from contrastkit.train.progress import Progress
-
-JOB_FILE = ".torchrun-job"
-"""The torchrun job that owns a run directory: its restarts may resume the run without --resume."""
 
 LOG_COLUMNS = ("step", "epoch", "loss", "scale", "bias", "lr", "samples_per_s", "elapsed_s")
 
@@ -166,9 +162,9 @@ class Trainer:
                 f"over {self.world} processes; raise it."
             )
         existing = list_checkpoints(self.run_dir)
-        job = job_value("run-token", lambda: uuid.uuid4().hex) if launched_by_torchrun() else None
+        job = torchrun_job()
         # torchrun restarted this job's workers: continue from the checkpoints *this job* wrote
-        self.restarted = bool(elastic_restart() and existing and _job_of(self.run_dir) == job)
+        self.restarted = bool(existing) and restarted_into(self.run_dir, job)
         resume = resume or self.restarted
         self.resume = resume
         if resume and not existing:
@@ -186,8 +182,7 @@ class Trainer:
         with rank_zero_first():  # rank 0 writes the run folder and tokenizer, the others read them
             if self.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                if job is not None:
-                    (self.run_dir / JOB_FILE).write_text(job)
+                claim_run_dir(self.run_dir, job)
             self.model, self.tokenizer = build_run_model(config, self.train_source, self.run_dir)
         seed_rank(config.seed)
         self.model.to(self.device)
@@ -535,12 +530,6 @@ class Trainer:
 
         write_report(self.run_dir)
         return metrics
-
-
-def _job_of(run_dir: Path) -> str | None:
-    """The torchrun job token recorded in a run directory, None when there is none."""
-    path = run_dir / JOB_FILE
-    return path.read_text().strip() if path.is_file() else None
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
