@@ -2,7 +2,7 @@
 #   make demo   - create .venv if missing, install contrastkit, run the main job (`contrastkit train`:
 #                 the built-in CLIP on generated shapes; the run lands in runs/)
 #   make test   - create .venv if missing, install contrastkit[dev], run the whole test suite
-#   make lint   - ruff (pinned in the dev extra) over src/, tests/ and bench/
+#   make lint   - ruff (pinned in the dev extra) over src/, tests/, bench/ and experiments/
 # torch is installed as $(TORCH); choose another build with TORCH and, where the wheel lives on
 # PyTorch's own index rather than PyPI, TORCH_INDEX, e.g.
 #   make test TORCH='torch==2.13.0+cu126' TORCH_INDEX=<PyTorch's cu126 wheel index URL>
@@ -38,8 +38,8 @@ test: $(STAMP)-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench experiments
+	$(BIN)/ruff format --check src tests bench experiments
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist

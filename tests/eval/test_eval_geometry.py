@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from contrastkit import InputError
-from contrastkit.eval import alignment, mean_matched_cosine, modality_gap, representation_metrics, uniformity
+from contrastkit.eval import (
+    alignment_loss,
+    mean_matched_cosine,
+    modality_gap,
+    representation_metrics,
+    uniformity,
+)
 
 
 def _rows(n: int, d: int = 5, seed: int = 0) -> torch.Tensor:
@@ -42,7 +48,7 @@ def _ref_uniformity(x, t) -> float:
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 3.0])
 def test_alignment_matches_reference(alpha):
     x, y = _rows(9), _rows(9, seed=1)
-    assert alignment(x, y, alpha=alpha) == pytest.approx(_ref_alignment(x, y, alpha), abs=1e-13)
+    assert alignment_loss(x, y, alpha=alpha) == pytest.approx(_ref_alignment(x, y, alpha), abs=1e-13)
 
 
 @pytest.mark.parametrize("t", [0.5, 2.0, 40.0])
@@ -62,8 +68,8 @@ def test_hand_computed_cases():
     e = torch.eye(3, dtype=torch.float64)
     assert uniformity(torch.tensor([[1.0, 0.0], [-2.0, 0.0]], dtype=torch.float64)) == pytest.approx(-8.0)
     assert uniformity(torch.ones(4, 3)) == pytest.approx(0.0, abs=1e-6)  # collapsed: every distance is 0
-    assert alignment(e, 5 * e) == 0.0
-    assert alignment(e, -e) == pytest.approx(4.0)
+    assert alignment_loss(e, 5 * e) == 0.0
+    assert alignment_loss(e, -e) == pytest.approx(4.0)
     assert modality_gap(e[:1].repeat(3, 1), e[1:2].repeat(5, 1)) == pytest.approx(math.sqrt(2))
     assert modality_gap(e, 2 * e) == 0.0
     assert mean_matched_cosine(e, 3 * e) == 1.0
@@ -88,7 +94,7 @@ def test_representation_metrics_collects_everything():
     x, y = _rows(8), _rows(8, seed=4)
     got = representation_metrics(x, y, chunk_size=3)
     assert got == {
-        "alignment": alignment(x, y),
+        "alignment": alignment_loss(x, y),
         "uniformity_x": uniformity(x, chunk_size=3),
         "uniformity_y": uniformity(y, chunk_size=3),
         "modality_gap": modality_gap(x, y),
@@ -102,9 +108,9 @@ def test_representation_metrics_collects_everything():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: alignment(_rows(4), _rows(3)), "alignment: argument 'y' must have 4 rows"),
-        (lambda: alignment(_rows(4), _rows(4), alpha=0), "'alpha' must be > 0"),
-        (lambda: alignment(_rows(4), _rows(4), alpha=-1.0), "'alpha' must be finite and >= 0.0"),
+        (lambda: alignment_loss(_rows(4), _rows(3)), "alignment_loss: argument 'y' must have 4 rows"),
+        (lambda: alignment_loss(_rows(4), _rows(4), alpha=0), "'alpha' must be > 0"),
+        (lambda: alignment_loss(_rows(4), _rows(4), alpha=-1.0), "'alpha' must be finite and >= 0.0"),
         (lambda: uniformity(_rows(1)), "uniformity: argument 'x' needs at least 2 rows"),
         (lambda: uniformity(_rows(3), t=0), "'t' must be > 0"),
         (lambda: uniformity(_rows(3), chunk_size=0), "'chunk_size' must be an int >= 1"),

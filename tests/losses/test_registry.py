@@ -21,6 +21,8 @@ EXPECTED = {
     "margin_mse": contrastkit.margin_mse,
     "rank_n_contrast": contrastkit.rank_n_contrast,
     "cosine_alignment": contrastkit.cosine_alignment,
+    "sigrot": contrastkit.sigrot_loss,
+    "sigrot_hybrid": contrastkit.sigrot_hybrid_loss,
 }
 
 

@@ -58,6 +58,18 @@ def test_forward_embeds_every_present_modality_with_unit_rows():
     torch.testing.assert_close(only_text["text"], z["text"])
 
 
+def test_forward_aliases_embed_a_second_input_with_a_tower():
+    model = make_model()
+    batch = pair_batch()
+    z = model({**batch, "text2": batch["text"]}, aliases={"text2": "text"})
+    assert list(z) == ["image", "text", "text2"]
+    torch.testing.assert_close(z["text2"], z["text"])
+    with pytest.raises(InputError, match="alias 'text2' -> 'audio'"):
+        model({**batch, "text2": batch["text"]}, aliases={"text2": "audio"})
+    with pytest.raises(InputError, match="alias 'text3'"):
+        model(batch, aliases={"text3": "text"})
+
+
 def test_encode_normalize_false_is_the_head_output():
     model = make_model()
     batch = pair_batch()

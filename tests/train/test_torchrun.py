@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
@@ -232,3 +233,16 @@ def test_a_streamed_run_resumes_only_on_as_many_processes(tmp_path):
     )
     assert result.returncode != 0
     assert "resume it with 1 (not 2)" in result.stderr
+
+
+def test_a_teacher_guided_loss_under_two_workers_matches_one_process(tmp_path):
+    """SIGROT's plan couples the whole batch: every rank computes it on the gathered batch."""
+    rng = np.random.default_rng(0)
+    paths = {}
+    for key in ("image", "text"):
+        paths[key] = tmp_path / f"{key}.npy"
+        np.save(paths[key], rng.standard_normal((96, 8)).astype(np.float32))
+    extra = [f"loss.teacher={{image: {paths['image']}, text: {paths['text']}}}", "loss.name=sigrot_hybrid"]
+    _ok(single(tmp_path / "one", extra))
+    _ok(two_workers(tmp_path / "two", extra=extra))
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=2e-6, abs=2e-6)

@@ -13,6 +13,7 @@ Example:
     >>> loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate)  # doctest: +SKIP
 """
 
+from contrastkit.data.augment import DeBiasCaptionAugment, debias_caption, split_sentences
 from contrastkit.data.badrecords import BadRecord, BadRecordLog, DataError
 from contrastkit.data.builtin import (
     SOURCES,
@@ -47,6 +48,7 @@ __all__ = [
     "Collator",
     "ContrastiveDataset",
     "DataError",
+    "DeBiasCaptionAugment",
     "DigitsSource",
     "DistributedBatchSampler",
     "ImageTransform",
@@ -61,12 +63,14 @@ __all__ = [
     "Source",
     "TextTransform",
     "TransformedStream",
+    "debias_caption",
     "default_data_root",
     "expand_shard_urls",
     "get_source",
     "load_image",
     "pad_sequences",
     "split_rows",
+    "split_sentences",
 ]
 
 try:  # the BEIR reader is written separately; the package works without it

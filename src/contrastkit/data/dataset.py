@@ -63,6 +63,8 @@ class ContrastiveDataset(torch.utils.data.Dataset):
             without one get the default (``ImageTransform()``, ``TextTransform()``,
             ``SeriesTransform()``).
         generator_seed: base seed of the augmentation generators.
+        derived: extra outputs made from a modality's raw item, ``{key: (modality, transform)}``
+            (e.g. ``{"text2": ("text", first_sentence)}``: a second caption per image).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class ContrastiveDataset(torch.utils.data.Dataset):
         source: Source,
         transforms: Mapping[str, Callable[..., Any]] | None = None,
         generator_seed: int = 0,
+        derived: Mapping[str, tuple[str, Callable[..., Any]]] | None = None,
     ) -> None:
         transforms = dict(transforms or {})
         unknown = [k for k in transforms if k not in source.modalities]
@@ -88,11 +91,20 @@ class ContrastiveDataset(torch.utils.data.Dataset):
         for name, value in (("generator_seed", generator_seed),):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InputError(f"ContrastiveDataset: '{name}' must be an int >= 0; got {value!r}.")
+        derived = dict(derived or {})
+        clashes = [k for k, (m, _) in derived.items() if k in source.modalities or m not in source.modalities]
+        if clashes:
+            raise InputError(
+                f"ContrastiveDataset: derived outputs {clashes} must have new names and come from one of "
+                f"the source's modalities {source.modalities}."
+            )
         self.source = source
+        self.derived = derived
         self.transforms = transforms
         self.generator_seed = generator_seed
         self.epoch = 0
         self._with_generator = {m: _accepts_generator(t) for m, t in transforms.items()}
+        self._with_generator.update({k: _accepts_generator(t) for k, (_, t) in derived.items()})
 
     def set_epoch(self, epoch: int) -> None:
         """Use the augmentations of ``epoch`` (with DataLoader workers, call it before iterating)."""
@@ -128,26 +140,28 @@ class ContrastiveDataset(torch.utils.data.Dataset):
         if "group" in record:
             out["group"] = record["group"]
         generator = None
-        for modality, transform in self.transforms.items():
+        steps = [(m, m, t) for m, t in self.transforms.items()]
+        steps += [(key, m, t) for key, (m, t) in self.derived.items()]
+        for key, modality, transform in steps:
             item = record.get(modality)
             problem = _item_problem(modality, item)
             if problem is not None:
                 return BadRecord(index, problem)
             try:
-                if self._with_generator[modality]:
+                if self._with_generator[key]:
                     generator = generator or self.generator_for(index)
                     value = transform(item, generator=generator)
                 else:
                     value = transform(item)
             except RECORD_ERRORS as e:
-                return BadRecord(index, f"{modality}: {e}")
+                return BadRecord(index, f"{key}: {e}")
             if (
                 isinstance(value, torch.Tensor)
                 and value.is_floating_point()
                 and not bool(value.isfinite().all())
             ):
-                return BadRecord(index, f"{modality}: NaN/inf after the transform")
-            out[modality] = value
+                return BadRecord(index, f"{key}: NaN/inf after the transform")
+            out[key] = value
         return out
 
 

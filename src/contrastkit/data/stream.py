@@ -214,11 +214,14 @@ class TransformedStream(torch.utils.data.IterableDataset):
         stream: the ``ShardStream`` (split over ranks and workers by itself).
         transforms: modality -> transform, as ``ContrastiveDataset``.
         generator_seed: base seed of the augmentation generators.
+        derived: extra outputs from a modality's item, as ``ContrastiveDataset``.
     """
 
-    def __init__(self, stream: ShardStream, transforms: Any = None, generator_seed: int = 0) -> None:
+    def __init__(
+        self, stream: ShardStream, transforms: Any = None, generator_seed: int = 0, derived: Any = None
+    ) -> None:
         self.stream = stream
-        self.items = ContrastiveDataset(stream, transforms, generator_seed)
+        self.items = ContrastiveDataset(stream, transforms, generator_seed, derived)
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch's shard order, shuffle and augmentations."""

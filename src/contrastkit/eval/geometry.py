@@ -1,4 +1,4 @@
-"""Geometry of embedding spaces: alignment, uniformity, modality gap and matched cosine.
+"""Geometry of embedding spaces: alignment loss, uniformity, modality gap and matched cosine.
 
 Every function normalises its inputs first and returns a Python float.
 """
@@ -22,12 +22,12 @@ def _pair(fn: str, x: object, y: object, *, same_rows: bool) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
+def alignment_loss(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> float:
     """Wang & Isola (2020) alignment, lower is better: (1/N) sum_i ||x_i - y_i||_2^alpha on unit rows.
 
     x, y: (N, D) paired embeddings (row i of x with row i of y); alpha > 0.
     """
-    fn = "alignment"
+    fn = "alignment_loss"
     alpha = float(check_scalar(fn, "alpha", alpha, minimum=0.0))
     if alpha == 0:
         raise InputError(f"{fn}: argument 'alpha' must be > 0 (2 as in Wang & Isola); got 0.")
@@ -91,7 +91,7 @@ def representation_metrics(x: torch.Tensor, y: torch.Tensor, chunk_size: int = 1
     """
     _pair("representation_metrics", x, y, same_rows=True)
     return {
-        "alignment": alignment(x, y),
+        "alignment": alignment_loss(x, y),
         "uniformity_x": uniformity(x, chunk_size=chunk_size),
         "uniformity_y": uniformity(y, chunk_size=chunk_size),
         "modality_gap": modality_gap(x, y),

@@ -8,6 +8,7 @@ similarity (nt_xent, dcl, mnrl, cosine_alignment). A ``scale`` is multiplicative
 from contrastkit.losses.alignment import cosine_alignment
 from contrastkit.losses.clip import CLIPLoss, clip_loss
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
+from contrastkit.losses.multimodal import multimodal_info_nce
 from contrastkit.losses.ranking import rank_n_contrast
 from contrastkit.losses.registry import LOSSES, get_loss
 from contrastkit.losses.retrieval import margin_mse, mnrl
@@ -15,6 +16,7 @@ from contrastkit.losses.scale import LogitScale, mark_no_weight_decay
 from contrastkit.losses.selfsup import dcl, nt_xent
 from contrastkit.losses.sigmoid import SigLIPLoss, siglip_loss
 from contrastkit.losses.supervised import supcon
+from contrastkit.losses.transport import generalized_kl, sigrot_hybrid_loss, sigrot_loss
 
 __all__ = [
     "CLIPLoss",
@@ -24,14 +26,18 @@ __all__ = [
     "clip_loss",
     "cosine_alignment",
     "dcl",
+    "generalized_kl",
     "get_loss",
     "hard_negative_info_nce",
     "info_nce",
     "margin_mse",
     "mark_no_weight_decay",
     "mnrl",
+    "multimodal_info_nce",
     "nt_xent",
     "rank_n_contrast",
     "siglip_loss",
+    "sigrot_hybrid_loss",
+    "sigrot_loss",
     "supcon",
 ]

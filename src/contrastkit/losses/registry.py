@@ -13,6 +13,7 @@ from contrastkit.losses.retrieval import margin_mse, mnrl
 from contrastkit.losses.selfsup import dcl, nt_xent
 from contrastkit.losses.sigmoid import siglip_loss
 from contrastkit.losses.supervised import supcon
+from contrastkit.losses.transport import sigrot_hybrid_loss, sigrot_loss
 
 LOSSES: dict[str, Callable[..., object]] = {
     "info_nce": info_nce,
@@ -26,6 +27,8 @@ LOSSES: dict[str, Callable[..., object]] = {
     "margin_mse": margin_mse,
     "rank_n_contrast": rank_n_contrast,
     "cosine_alignment": cosine_alignment,
+    "sigrot": sigrot_loss,
+    "sigrot_hybrid": sigrot_hybrid_loss,
 }
 
 

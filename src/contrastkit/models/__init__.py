@@ -7,10 +7,16 @@ dicts.
 """
 
 from contrastkit.models.adapters import HFTextTower, HFTokenizer, TimmImageTower
+from contrastkit.models.aligner import MultiModalProjectionAligner
 from contrastkit.models.builders import TOWERS, build_model, build_tower
 from contrastkit.models.contrastive import ContrastiveModel
 from contrastkit.models.heads import ProjectionHead
 from contrastkit.models.image import ImageCNN, ImageViT
+from contrastkit.models.positional import (
+    stretch_positional_embedding,
+    stretch_text_positions,
+    stretched_length,
+)
 from contrastkit.models.series import SeriesCNN, SeriesPatchTransformer
 from contrastkit.models.text import TextTransformer
 
@@ -21,6 +27,7 @@ __all__ = [
     "HFTokenizer",
     "ImageCNN",
     "ImageViT",
+    "MultiModalProjectionAligner",
     "ProjectionHead",
     "SeriesCNN",
     "SeriesPatchTransformer",
@@ -28,4 +35,7 @@ __all__ = [
     "TimmImageTower",
     "build_model",
     "build_tower",
+    "stretch_positional_embedding",
+    "stretch_text_positions",
+    "stretched_length",
 ]

@@ -185,22 +185,33 @@ class ContrastiveModel(nn.Module):
         z = self.heads[modality](features)
         return F.normalize(z, dim=-1) if normalize else z
 
-    def forward(self, batch: Mapping[str, Any], normalize: bool = True) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch: Mapping[str, Any], normalize: bool = True, aliases: Mapping[str, str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Embed every modality of the model present in ``batch`` -> {modality: (B, embed_dim)}.
 
         Other keys ("label", "group", "index", modalities of other models) are ignored; the
-        embedded modalities must share the batch size B (their rows are paired).
+        embedded modalities must share the batch size B (their rows are paired). ``aliases`` maps
+        further batch keys to the tower that embeds them (``{"text2": "text"}``: a second caption
+        per image, in the same forward pass).
         """
         fn = "ContrastiveModel.forward"
         if not isinstance(batch, Mapping):
             raise InputError(f"{fn}: 'batch' must be a dict modality -> inputs; got {type(batch).__name__}.")
-        present = [m for m in self.modalities if m in batch]
-        if not present:
+        towers = {m: m for m in self.modalities if m in batch}
+        if not towers:
             raise InputError(
                 f"{fn}: the batch holds none of the model's modalities {list(self.modalities)}; its keys "
                 f"are {sorted(map(str, batch))}."
             )
-        out = {m: self.encode(m, batch[m], normalize=normalize) for m in present}
+        for key, tower in (aliases or {}).items():
+            if key not in batch or tower not in self.towers:
+                raise InputError(
+                    f"{fn}: alias {key!r} -> {tower!r} needs {key!r} in the batch and a {tower!r} tower; "
+                    f"the batch has {sorted(map(str, batch))}, the model {list(self.modalities)}."
+                )
+            towers[key] = tower
+        out = {key: self.encode(tower, batch[key], normalize=normalize) for key, tower in towers.items()}
         sizes = {m: z.shape[0] for m, z in out.items()}
         if len(set(sizes.values())) > 1:
             raise InputError(f"{fn}: the modalities of one batch must have the same size B; got {sizes}.")

@@ -75,6 +75,10 @@ class DataConfig:
     """Augmented views per image for single-modality self-supervised training (2 for SimCLR)."""
     caption_sentences: int | None = 1
     """Train on the first k sentences of each caption (None: the whole caption)."""
+    second_caption: str | None = None
+    """A second caption per image, its CLIP/SigLIP loss added to the first's (long captions):
+    ``first_sentence`` (Long-CLIP's short branch) or ``debias`` (DeBias-CLIP: the caption without
+    its first sentence, the rest subsampled and shuffled). Set ``caption_sentences: null``."""
     tokenizer: str = "bpe"
     """``byte``, ``bpe`` (trained on the training captions) or ``model`` (the text tower's own)."""
     vocab_size: int = 1000
@@ -93,6 +97,8 @@ class DataConfig:
         _at_least("data.views", self.views, 1)
         if self.caption_sentences is not None:
             _at_least("data.caption_sentences", self.caption_sentences, 1)
+        if self.second_caption is not None:
+            _choice("data.second_caption", self.second_caption, ("first_sentence", "debias"))
         _at_least("data.vocab_size", self.vocab_size, 300)
         _at_least("data.max_length", self.max_length, 4)
         _at_least("data.num_workers", self.num_workers, 0)
@@ -119,6 +125,9 @@ class LossConfig:
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the loss function (e.g. ``label_smoothing``, ``temperature``,
     ``chunk_size``); the learnable scale and bias live in the model."""
+    teacher: dict[str, str] | None = None
+    """``sigrot`` / ``sigrot_hybrid``: frozen teacher embeddings ``{image: a.npy, text: b.npy}``,
+    each (number of training records, E), row i for record i of ``data.train``."""
     distributed: str = "local"
     """Under torchrun: ``local`` (each rank scores its rows against all ranks'; B_r x B memory),
     ``gather`` (every rank computes the whole loss; B x B) or ``ring`` (siglip: local, with the
@@ -126,6 +135,11 @@ class LossConfig:
 
     def validate(self) -> None:
         _choice("loss.distributed", self.distributed, ("local", "gather", "ring"))
+        if self.teacher is not None and set(self.teacher) != {"image", "text"}:
+            raise ConfigError(
+                f"loss.teacher: expected {{image: path.npy, text: path.npy}}; got keys "
+                f"{sorted(self.teacher)}."
+            )
 
 
 @dataclass

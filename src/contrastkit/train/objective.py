@@ -14,19 +14,22 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from contrastkit.distributed import agreement, is_active
 from contrastkit.losses import get_loss
 from contrastkit.models import ContrastiveModel
 from contrastkit.train.config import Config, ConfigError
+from contrastkit.train.pipeline import SECOND_CAPTION
 
 # loss name -> how the model's learnable values enter it
 SCALED = {"clip", "info_nce", "mnrl", "hard_negative_info_nce"}
 SCALED_WITH_BIAS = {"siglip"}
 UNSCALED_PAIR = {"nt_xent", "dcl", "cosine_alignment"}
 LABELLED = {"supcon"}
-TRAINABLE = SCALED | SCALED_WITH_BIAS | UNSCALED_PAIR | LABELLED
+TEACHER = {"sigrot", "sigrot_hybrid"}  # with frozen teacher embeddings indexed by record
+TRAINABLE = SCALED | SCALED_WITH_BIAS | UNSCALED_PAIR | LABELLED | TEACHER
 # losses with their own distributed forms (``distributed=``); the others are given gathered inputs
 DISTRIBUTED = {"clip", "siglip", "info_nce", "mnrl", "nt_xent", "supcon"}
 
@@ -72,8 +75,10 @@ def build_objective(
         raise ConfigError(f"model.towers: the trainer pairs two modalities; got {list(modalities)}.")
     if name in SCALED_WITH_BIAS and model.bias() is None:
         raise ConfigError("model.init_bias: siglip needs a learnable bias; set model.init_bias (e.g. -10).")
-    fixed = {"scale", "bias", "labels", "sample_ids", "distributed"}
+    fixed = {"scale", "bias", "labels", "sample_ids", "distributed", "teacher_image", "teacher_text"}
     _check_options(fn, name, options, fixed)
+    if name in TEACHER:
+        return _teacher_objective(fn, name, options, config, model)
     mode = config.loss.distributed
     if mode == "ring" and name != "siglip":
         raise ConfigError(f"loss.distributed: 'ring' is siglip's exchange; {name} takes local or gather.")
@@ -105,8 +110,86 @@ def build_objective(
             return fn(x, y, model.scale(), **options)
         return fn(x, y, **options)
 
+    second = config.data.second_caption
+    if second is not None:
+        if set(modalities) != {"image", "text"} or name not in {"clip", "siglip"}:
+            raise ConfigError(
+                f"data.second_caption: {second!r} adds a second image-caption loss; it needs an image-text "
+                f"model and loss clip or siglip; got towers {list(modalities)} and loss {name}."
+            )
+        objective = _with_second_caption(objective)
     objective.uses_scale = name in SCALED | SCALED_WITH_BIAS  # type: ignore[attr-defined]
     return objective
+
+
+def _with_second_caption(objective: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """L(image, caption) + L(image, second caption): Long-CLIP's and DeBias-CLIP's objective
+    (with ``loss.options.label_smoothing: 0.1`` as in the papers)."""
+
+    def both(embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        second = {**embeddings, "text": embeddings[SECOND_CAPTION]}
+        return objective(embeddings, batch) + objective(second, batch)
+
+    return both
+
+
+def _teacher_objective(fn, name: str, options: dict[str, Any], config: Config, model: ContrastiveModel):
+    """SIGROT (alone or 0.1 x CLIP/SigLIP + SIGROT) on an image-text model, the teacher's rows
+    picked by the batch's record indices. Under torchrun every rank computes the whole loss on the
+    gathered batch (the transport plan couples all of it)."""
+    if set(model.modalities) != {"image", "text"}:
+        raise ConfigError(
+            f"loss.name: {name} aligns images and texts; the model has {list(model.modalities)}."
+        )
+    banks = load_teacher(config.loss.teacher, name)
+    if name == "sigrot_hybrid" and options.get("base", "clip") == "siglip" and model.bias() is None:
+        raise ConfigError(
+            "model.init_bias: sigrot_hybrid with base siglip needs a learnable bias (e.g. -10)."
+        )
+
+    def objective(embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        x, y, index = embeddings["image"], embeddings["text"], batch["index"]
+        if is_active():
+            with agreement(name, "gather") as agreed:
+                agreed.batch = x
+            x, y = agreed.layout.gather(x), agreed.layout.gather(y)
+            index = agreed.layout.gather_values(index.to(x.device), local_first=False)
+        teacher = [bank.to(x.device)[index.to(bank.device)] for bank in banks]
+        if name == "sigrot":
+            return fn(x, y, *teacher, **options)
+        bias = model.bias() if options.get("base", "clip") == "siglip" else None
+        return fn(x, y, model.scale(), *teacher, bias=bias, **options)
+
+    objective.uses_scale = name == "sigrot_hybrid"  # type: ignore[attr-defined]
+    return objective
+
+
+def load_teacher(spec: dict[str, str] | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (image, text) teacher banks of ``loss.teacher``: float32 (records, E) each, no gradient."""
+    if spec is None:
+        raise ConfigError(
+            f"loss.teacher: {name} needs frozen teacher embeddings {{image: a.npy, text: b.npy}}, row i for "
+            f"training record i."
+        )
+    banks = []
+    for key in ("image", "text"):
+        try:
+            array = np.load(spec[key], allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"loss.teacher.{key}: cannot read {spec[key]} as a .npy array ({err})."
+            ) from None
+        if array.ndim != 2 or not np.isfinite(array).all():
+            raise ConfigError(
+                f"loss.teacher.{key}: {spec[key]} must be a finite (records, E) array; got {array.shape}."
+            )
+        banks.append(torch.from_numpy(np.asarray(array, dtype=np.float32)))
+    if banks[0].shape != banks[1].shape:
+        raise ConfigError(
+            f"loss.teacher: the image and text banks must have the same shape; got {tuple(banks[0].shape)} "
+            f"and {tuple(banks[1].shape)}."
+        )
+    return banks[0], banks[1]
 
 
 def _on_gathered_inputs(fn: Callable[..., torch.Tensor], name: str) -> Callable[..., torch.Tensor]:

@@ -27,6 +27,7 @@ from contrastkit.data import (
     get_source,
     split_rows,
 )
+from contrastkit.data.augment import debias_caption
 from contrastkit.distributed import get_rank, get_world_size, is_active
 from contrastkit.errors import InputError
 from contrastkit.train.config import Config, ConfigError
@@ -136,6 +137,19 @@ def build_sampler(config: Config, source: Source) -> torch.utils.data.Sampler:
         raise ConfigError(f"data.sampler: {err}") from None
 
 
+SECOND_CAPTION = "text2"
+"""The batch key of ``data.second_caption``'s caption (tokenized like ``text``)."""
+
+
+def second_caption_transform(kind: str) -> Any:
+    """raw caption -> the second caption: its first sentence (Long-CLIP's short branch) or the
+    DeBias-CLIP augmentation (first sentence dropped, the rest subsampled and permuted)."""
+    if kind == "first_sentence":
+        return TextTransform(max_sentences=1)
+    clean = TextTransform(None)
+    return lambda item, generator=None: debias_caption(clean(item), generator=generator)
+
+
 class BatchStream:
     """Endless training batches with a resumable position ``{"epoch", "batch"}``.
 
@@ -148,12 +162,16 @@ class BatchStream:
 
     def __init__(self, config: Config, source: Source | ShardStream, tokenizers: dict[str, Any]) -> None:
         transforms = image_transforms(config, train=True) if "image" in source.modalities else {}
+        derived = {}
         if "text" in source.modalities:
             transforms["text"] = TextTransform(config.data.caption_sentences)
+            if config.data.second_caption is not None:
+                derived[SECOND_CAPTION] = ("text", second_caption_transform(config.data.second_caption))
+                tokenizers = {**tokenizers, SECOND_CAPTION: tokenizers.get("text")}
         if isinstance(source, ShardStream):
-            self._stream_loader(config, source, transforms, Collator(tokenizers))
+            self._stream_loader(config, source, transforms, Collator(tokenizers), derived)
             return
-        self.dataset = ContrastiveDataset(source, transforms, config.seed)
+        self.dataset = ContrastiveDataset(source, transforms, config.seed, derived)
         self.sampler = build_sampler(config, source)
         if len(self.sampler) == 0:
             raise ConfigError(
@@ -175,14 +193,14 @@ class BatchStream:
         self._iterator: Iterator[dict[str, Any]] | None = None
 
     def _stream_loader(
-        self, config: Config, source: ShardStream, transforms: dict, collate: Collator
+        self, config: Config, source: ShardStream, transforms: dict, collate: Collator, derived: dict
     ) -> None:
         """Streamed shards: each rank reads its own shards, in batches of its rows of the global batch."""
         if config.data.sampler == "class_balanced":
             raise ConfigError(
                 "data.sampler: 'class_balanced' needs a map-style source; drop data.train.stream."
             )
-        self.dataset = TransformedStream(source, transforms, config.seed)
+        self.dataset = TransformedStream(source, transforms, config.seed, derived)
         self.sampler = None
         rows = split_rows(config.train.batch_size, get_world_size())[get_rank()]
         self.loader = torch.utils.data.DataLoader(

@@ -63,7 +63,13 @@ from contrastkit.train.parallel import (
     torchrun_job,
     wrap_model,
 )
-from contrastkit.train.pipeline import TOKENIZER_FILE, BatchStream, build_source, build_tokenizer
+from contrastkit.train.pipeline import (
+    SECOND_CAPTION,
+    TOKENIZER_FILE,
+    BatchStream,
+    build_source,
+    build_tokenizer,
+)
 from contrastkit.train.progress import Progress
 
 LOG_COLUMNS = ("step", "epoch", "loss", "scale", "bias", "lr", "samples_per_s", "elapsed_s")
@@ -221,8 +227,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _encode(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        with self._autocast():
-            return self.parallel_model(flatten_views(batch, self.model.modalities))
+        inputs = flatten_views(batch, self.model.modalities)
+        aliases = {SECOND_CAPTION: "text"} if SECOND_CAPTION in inputs else None
+        with self._autocast():  # one forward (one DDP forward) for both captions
+            return self.parallel_model(inputs, aliases=aliases)
 
     def _batch(self) -> tuple[dict[str, Any], list[int]]:
         """The next usable batch on the device, and every rank's rows of the global batch.
@@ -244,7 +252,8 @@ class Trainer:
             self.bad_records.check()
             sizes = [rows for rows, _ in counts]
             if min(sizes) >= 1 and sum(sizes) >= 2:
-                inputs = {k: v for k, v in batch.items() if k in (*self.model.modalities, "label")}
+                keep = (*self.model.modalities, "label", "index", SECOND_CAPTION)
+                inputs = {k: v for k, v in batch.items() if k in keep}
                 return to_device(inputs, self.device), sizes
 
     def train_step(self) -> tuple[float, int]:

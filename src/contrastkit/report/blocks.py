@@ -1,0 +1,20 @@
+"""Generated tables inside hand-written Markdown: rewrite the text between two marker lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_block(path: str | Path, begin: str, end: str, text: str) -> None:
+    """Put ``text`` between the markers ``begin`` and ``end`` of the Markdown file ``path``
+    (appended with its markers when the file lacks them; the file is created if missing)."""
+    path = Path(path)
+    doc = path.read_text(encoding="utf-8") if path.is_file() else ""
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc.split(begin, 1)[1]:
+        head, rest = doc.split(begin, 1)
+        doc = head + block + rest.split(end, 1)[1]
+    else:
+        doc = doc + ("\n" if doc and not doc.endswith("\n") else "") + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc, encoding="utf-8")
