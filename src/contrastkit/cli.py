@@ -56,7 +56,8 @@ def _default_out(config_path: str | None) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from contrastkit.distributed import distributed_run, job_value
     from contrastkit.train.config import load_config
-    from contrastkit.train.trainer import Trainer, resolve_device
+    from contrastkit.train.setup import resolve_device
+    from contrastkit.train.trainer import Trainer
 
     if args.resume and args.out is None:
         raise ContrastkitError("--resume needs --out RUN_DIR (the run to continue).")
@@ -88,7 +89,7 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 def _load_for_eval(checkpoint_path: str):
     from contrastkit.train.checkpoint import load_checkpoint, restore
     from contrastkit.train.config import config_from_dict
-    from contrastkit.train.trainer import build_run_model
+    from contrastkit.train.setup import build_run_model
 
     checkpoint = load_checkpoint(checkpoint_path)
     config = config_from_dict(checkpoint["state"]["config"])

@@ -12,7 +12,8 @@ from contrastkit.losses import clip_loss
 from contrastkit.train.config import ConfigError, load_config
 from contrastkit.train.objective import build_objective
 from contrastkit.train.pipeline import SECOND_CAPTION, second_caption_transform
-from contrastkit.train.trainer import build_run_model, train
+from contrastkit.train.setup import build_run_model
+from contrastkit.train.trainer import train
 
 LONG = [*TINY_RUN, "data.caption_sentences=null", "loss.options={label_smoothing: 0.1}"]
 

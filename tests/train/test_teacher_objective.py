@@ -11,7 +11,8 @@ from contrastkit.data import get_source
 from contrastkit.losses import sigrot_hybrid_loss, sigrot_loss
 from contrastkit.train.config import ConfigError, load_config
 from contrastkit.train.objective import build_objective
-from contrastkit.train.trainer import build_run_model, train
+from contrastkit.train.setup import build_run_model
+from contrastkit.train.trainer import train
 
 RECORDS = 96  # TINY_RUN's data.train.n
 

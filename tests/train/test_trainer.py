@@ -13,7 +13,8 @@ from PIL import Image
 from conftest import TINY_RUN
 from contrastkit.data import DataError
 from contrastkit.train.config import ConfigError, load_config
-from contrastkit.train.trainer import Trainer, TrainingError, learning_rate, train
+from contrastkit.train.setup import learning_rate
+from contrastkit.train.trainer import Trainer, TrainingError, train
 
 RUN_FILES = ("config.yaml", "log.csv", "metrics.json", "report.html", "checkpoints")
 
