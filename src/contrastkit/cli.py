@@ -228,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     from contrastkit.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
-        # torch's gloo/DDP teardown sometimes aborts at interpreter exit ("terminate called without
-        # an active exception", about 1 run in 5 here), which torchrun would count as a failed
-        # worker: everything is written and the process group left, so leave without it
+        # torch's gloo/DDP teardown now and then aborts at interpreter exit ("terminate called
+        # without an active exception"), which torchrun would count as a failed worker:
+        # everything is written and the process group left, so leave without it
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
