@@ -685,3 +685,18 @@ def trainer_ddp_guards(rank, world):
         warnings.simplefilter("always")
         wrap_model(norm, torch.device("cpu"))
     return unused, [str(w.message) for w in caught]
+
+
+def average_loss_and_aux_gradients(rank, world):
+    """``average_loss_gradients`` averages the logit scale's gradient and those of the extra
+    (auxiliary-loss) parameters over ranks; the towers' are DDP's and left alone."""
+    from contrastkit.train.parallel import average_loss_gradients
+
+    model = torch.nn.Module()
+    model.towers = torch.nn.Linear(2, 2)
+    model.logit_scale = torch.nn.Parameter(torch.zeros(()))
+    aux = torch.nn.Parameter(torch.zeros(3))
+    for p in (*model.parameters(), aux):
+        p.grad = torch.full_like(p, float(rank + 1))
+    average_loss_gradients(model, [aux])
+    return float(model.logit_scale.grad), aux.grad.tolist(), model.towers.weight.grad.flatten().tolist()

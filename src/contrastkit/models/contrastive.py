@@ -69,6 +69,30 @@ def _head_options(fn: str, projection: object, modalities: list[str]) -> dict[st
     return options
 
 
+def decay_param_groups(
+    module: nn.Module, weight_decay: float, no_decay_names: Iterable[str] = (), prefix: str = ""
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``module``: decay on weight matrices, none on the rest.
+
+    No decay for parameters with fewer than 2 dims (norm gains, biases, scalars), names ending in
+    ".bias" and the names in ``no_decay_names``. Frozen parameters are left out, empty groups
+    dropped; each group carries a "name" (``prefix + "decay"`` / ``prefix + "no_decay"``).
+    """
+    wd = check_number("param_groups", "weight_decay", weight_decay, minimum=0.0)
+    skip_names = set(no_decay_names)
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.dim() < 2 or name.endswith(".bias") or name in skip_names
+        (no_decay if skip else decay).append(p)
+    groups = [
+        {"name": f"{prefix}decay", "params": decay, "weight_decay": wd},
+        {"name": f"{prefix}no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 class ContrastiveModel(nn.Module):
     """N towers mapped into one embedding space, with the logit scale (and bias) of the loss.
 
@@ -233,18 +257,7 @@ class ContrastiveModel(nn.Module):
         class tokens). Frozen parameters (requires_grad False) are left out. Empty groups are
         dropped; each group carries a "name" ("decay" / "no_decay").
         """
-        wd = check_number("ContrastiveModel.param_groups", "weight_decay", weight_decay, minimum=0.0)
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            skip = p.dim() < 2 or name.endswith(".bias") or name in self.no_weight_decay_names
-            (no_decay if skip else decay).append(p)
-        groups = [
-            {"name": "decay", "params": decay, "weight_decay": wd},
-            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-        ]
-        return [g for g in groups if g["params"]]
+        return decay_param_groups(self, weight_decay, self.no_weight_decay_names)
 
     def extra_repr(self) -> str:
         bias = "none" if self.logit_bias is None else f"{float(self.logit_bias.detach()):.4g}"

@@ -104,8 +104,9 @@ def save_checkpoint(
     ``state`` is JSON-serialisable (config, data position, scaler, extras); the step, the optimizer
     hyper-parameters and the RNG states are added here. ``files`` (name -> bytes, e.g. the
     tokenizer) are written into the checkpoint before it is renamed into place; ``tensors`` (e.g.
-    other ranks' RNG states, ``rng.*`` names come back in ``load_checkpoint``'s ``"rng"``) are
-    stored beside the optimizer's.
+    other ranks' RNG states, ``rng.*`` names come back in ``load_checkpoint``'s ``"rng"``, the
+    others in its ``"tensors"``; ``state.*`` names are the optimizer's) are stored beside the
+    optimizer's.
     """
     final = checkpoint_dir(run_dir, step)
     root = final.parent
@@ -174,7 +175,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint: ``{"path", "model": weights, "optimizer": state dict or None, "rng",
-    "state": the JSON payload}``. Every failure names the file and what to do."""
+    "tensors": the other ``tensors`` given to ``save_checkpoint``, "state": the JSON payload}``.
+    Every failure names the file and what to do."""
     path = resolve_checkpoint(path)
     try:
         payload = json.loads((path / STATE_FILE).read_text())
@@ -197,7 +199,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     extra = tensors[OPTIMIZER_FILE]
     rng = {k: v for k, v in extra.items() if k.startswith("rng.")}
     optimizer = _optimizer_state(extra, payload["optimizer"]) if "optimizer" in payload else None
-    return {"path": path, "model": tensors[MODEL_FILE], "optimizer": optimizer, "rng": rng, "state": payload}
+    others = {k: v for k, v in extra.items() if not k.startswith(("rng.", "state."))}
+    return {
+        "path": path,
+        "model": tensors[MODEL_FILE],
+        "optimizer": optimizer,
+        "rng": rng,
+        "tensors": others,
+        "state": payload,
+    }
 
 
 def restore(

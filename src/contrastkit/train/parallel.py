@@ -13,7 +13,7 @@ import contextlib
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -90,16 +90,16 @@ def check_every_parameter_learns(model: nn.Module) -> None:
         )
 
 
-def average_loss_gradients(model: nn.Module) -> None:
-    """Average the loss parameters' gradients over ranks (what DDP does for the towers).
+def average_loss_gradients(model: nn.Module, extra: Iterable[nn.Parameter] = ()) -> None:
+    """Average the gradients of the loss parameters, and of ``extra`` parameters outside DDP
+    (auxiliary-loss modules), over ranks (what DDP does for the towers).
 
     Every rank computes the same loss function, so a parameter has a gradient on all ranks or on
     none; one without is left alone."""
     if not is_active():
         return
     world = get_world_size()
-    for name in loss_parameter_names(model):
-        param = model.get_parameter(name)
+    for param in [*(model.get_parameter(n) for n in loss_parameter_names(model)), *extra]:
         if param.grad is not None:
             dist.all_reduce(param.grad)
             param.grad.div_(world)

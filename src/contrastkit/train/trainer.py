@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from contrastkit.distributed import (
     get_world_size,
 )
 from contrastkit.errors import ContrastkitError
+from contrastkit.train.auxiliary import AuxiliaryLosses, AuxLoss
 from contrastkit.train.checkpoint import (
     checkpoint_dir,
     list_checkpoints,
@@ -88,9 +89,19 @@ class Trainer:
         config: a validated ``Config``.
         run_dir: the output folder (created).
         resume: continue from the newest checkpoint in ``run_dir``.
+        aux_losses: name -> (weight, loss(embeddings, batch) -> 0-d tensor), terms added to the
+            contrastive loss that share its encoders (e.g. BindCLIP's denoising loss); an
+            ``nn.Module`` loss is trained and checkpointed with the model. See
+            ``contrastkit.train.auxiliary``.
     """
 
-    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        resume: bool = False,
+        aux_losses: Mapping[str, tuple[float, AuxLoss]] | None = None,
+    ) -> None:
         self.config, self.run_dir = config, Path(run_dir)
         self.rank, self.world = get_rank(), get_world_size()
         self.is_main = self.rank == 0
@@ -133,9 +144,12 @@ class Trainer:
                 f"({self.train_source.name}: {list(self.train_source.modalities)})."
             )
         self.objective = build_objective(config, self.model)
+        self.aux = AuxiliaryLosses(aux_losses, self.device)
+        self.log_columns = (*LOG_COLUMNS, *(f"aux_{name}" for name in self.aux.names))
         self.logs_scale = self.objective.uses_scale
+        decay = config.optim.weight_decay
         self.optimizer = torch.optim.AdamW(
-            self.model.param_groups(config.optim.weight_decay),
+            self.model.param_groups(decay) + self.aux.param_groups(decay),
             lr=config.optim.lr,
             betas=tuple(config.optim.betas),
             eps=config.optim.eps,
@@ -189,6 +203,12 @@ class Trainer:
                 inputs = {k: v for k, v in batch.items() if k in keep}
                 return to_device(inputs, self.device), sizes
 
+    def _loss(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """The contrastive objective plus the weighted auxiliary losses."""
+        loss = self.objective(embeddings, batch)
+        aux = self.aux(embeddings, batch)
+        return loss if aux is None else loss + aux
+
     def train_step(self) -> tuple[float, int]:
         """One optimiser step; returns (loss of the global batch, samples in it)."""
         config = self.config
@@ -203,25 +223,27 @@ class Trainer:
             loss = gradcache_step(
                 self.parallel_model,
                 {k: v for k, v in batch.items() if k != "label"},
-                lambda reps: self.objective(reps, batch),
+                lambda reps: self._loss(reps, batch),
                 micro,
                 encode=self._encode,
                 scaler=self.scaler,
             )
         else:
-            loss = self.objective(self._encode(batch), batch)
+            loss = self._loss(self._encode(batch), batch)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if not self._checked_gradients:  # once per process: DDP needs every parameter used
             check_every_parameter_learns(self.model)
             self._checked_gradients = True
-        average_loss_gradients(self.model)
+        average_loss_gradients(self.model, self.aux.parameters())
         value = all_reduce_mean(float(loss.detach()))
+        self.aux_values = {name: all_reduce_mean(v) for name, v in self.aux.last.items()}
         if not math.isfinite(value):
             self._fail_non_finite(value)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if config.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
+            trained = [*self.model.parameters(), *self.aux.parameters()]
+            torch.nn.utils.clip_grad_norm_(trained, config.optim.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -261,6 +283,7 @@ class Trainer:
             "data_positions": positions,
             "bad_records": {"bad": self.bad_records.bad, "seen": self.bad_records.seen},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "aux_losses": self.aux.names,
             "contrastkit_version": _version(),
         }
         tokenizer_file = self.run_dir / TOKENIZER_FILE
@@ -273,15 +296,17 @@ class Trainer:
             state,
             keep=self.config.train.keep_checkpoints,
             files=files,
-            tensors=rank_states,
+            tensors={**rank_states, **self.aux.state_tensors()},
         )
 
     def _resume(self) -> None:
         if self.is_main:
             remove_incomplete(self.run_dir)  # a writer killed mid-save (never under a final name)
         checkpoint = load_checkpoint(self.run_dir)
-        restore(checkpoint, self.model, self.optimizer)
         state = checkpoint["state"]
+        self.aux.check_names(state.get("aux_losses", []), checkpoint["path"])
+        restore(checkpoint, self.model, self.optimizer)
+        self.aux.load_state_tensors(checkpoint["tensors"], checkpoint["path"])
         restore_rank_rng(checkpoint["rng"], self.config.seed, int(state["step"]))
         check_resumable(state["config"], self.config.to_dict(), checkpoint["path"])
         self.step = int(state["step"])
@@ -318,7 +343,7 @@ class Trainer:
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
         f = open(path, "w", newline="")  # noqa: SIM115 - closed in run()
-        writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=self.log_columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         f.flush()
@@ -413,11 +438,13 @@ class Trainer:
             "lr": f"{self.optimizer.param_groups[0]['lr']:.6g}",
             "samples_per_s": f"{samples_per_s:.1f}",
             "elapsed_s": f"{elapsed:.2f}",
+            **{f"aux_{name}": f"{v:.6f}" for name, v in getattr(self, "aux_values", {}).items()},
         }
 
     def _report_row(self, row: dict[str, Any], board: Any, progress: Progress) -> None:
         """The row to TensorBoard, the progress bar, or (without a terminal) a printed line."""
-        shown = {k: row[k] for k in ("loss", "scale", "bias", "lr", "samples_per_s") if row[k]}
+        keys = ("loss", "scale", "bias", "lr", "samples_per_s", *self.log_columns[len(LOG_COLUMNS) :])
+        shown = {k: row[k] for k in keys if row.get(k)}
         if board is not None:
             for key, value in shown.items():
                 board.add_scalar(f"train/{key}", float(value), self.step)
@@ -486,6 +513,11 @@ def _version() -> str:
     return __version__
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False) -> dict[str, float]:
+def train(
+    config: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    aux_losses: Mapping[str, tuple[float, AuxLoss]] | None = None,
+) -> dict[str, float]:
     """Train, evaluate and report one run (the ``contrastkit train`` command)."""
-    return Trainer(config, run_dir, resume).run()
+    return Trainer(config, run_dir, resume, aux_losses).run()
