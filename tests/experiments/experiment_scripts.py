@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -10,7 +11,10 @@ FOLDER = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def load_experiment(name: str) -> ModuleType:
-    """The module of ``experiments/<name>.py`` (its ``main`` not run)."""
+    """The module of ``experiments/<name>.py`` (its ``main`` not run). The folder goes on
+    ``sys.path``, as for a script run, so that the experiments' shared modules import."""
+    if str(FOLDER) not in sys.path:
+        sys.path.insert(0, str(FOLDER))
     spec = importlib.util.spec_from_file_location(f"experiment_{name}", FOLDER / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
