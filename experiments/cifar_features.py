@@ -8,7 +8,7 @@ machine, so they share one: the SupCon CNN of configs/cifar10-supcon.yaml (two a
 class-balanced batches of 10 x 16), trained with ``contrastkit``'s Trainer for ``STEPS`` steps on
 the 10,000 CIFAR-10 train images of ../shared/data/cifar10, then frozen. Its L2-normalised 128-d
 embeddings of all train and test images are cached in runs/cifar_features/ (the first call trains,
-about three minutes on two cores; later calls load the cache).
+about 3 minutes on two idle cores, 10 on busy ones; later calls load the cache).
 
 ``quick=True`` trains the same recipe for a few steps on the generated ``shapes`` data instead (no
 shared data needed, seconds), for the experiments' smoke tests.
