@@ -17,7 +17,7 @@ shared data needed, seconds), for the experiments' smoke tests.
 from __future__ import annotations
 
 import os
-import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +68,11 @@ def _config(quick: bool) -> dict:
     return {
         "seed": 0,
         "data": {**data, "image_size": 32, "augment": True, "views": 2, "sampler": "class_balanced"},
-        "model": {"towers": {"image": {"type": "cnn", "width": 32, "depth": 3}}, "embed_dim": 128, "projection": "mlp"},
+        "model": {
+            "towers": {"image": {"type": "cnn", "width": 32, "depth": 3}},
+            "embed_dim": 128,
+            "projection": "mlp",
+        },
         "loss": {"name": "supcon", "options": {"temperature": 0.1}},
         "optim": {"lr": 2.0e-3, "warmup_steps": min(50, steps)},
         "train": {
@@ -83,10 +87,9 @@ def _config(quick: bool) -> dict:
 
 def _train_and_embed(quick: bool) -> ImageFeatures:
     config = config_from_dict(_config(quick))
-    run_dir = CACHE / ("quick-run" if quick else "run")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    trainer = Trainer(config, run_dir)
-    trainer.fit()
+    with tempfile.TemporaryDirectory(prefix="cifar-features-") as run_dir:  # checkpoints not kept
+        trainer = Trainer(config, run_dir)
+        trainer.fit()
     model = trainer.model.eval()
     embed = Embedder(model, None, image_size=32, batch_size=500)
     splits = {}
@@ -103,7 +106,7 @@ def _train_and_embed(quick: bool) -> ImageFeatures:
         *splits["train"],
         *splits["test"],
         classes=list(source.classes),
-        source=f"a contrastkit SupCon CNN (width 32, depth 3, 128-d) trained {config.train.steps} steps on {what}",
+        source=f"a contrastkit SupCon CNN (width 32, depth 3, 128-d), {config.train.steps} steps on {what}",
     )
 
 
