@@ -23,6 +23,11 @@ EXPECTED = {
     "cosine_alignment": contrastkit.cosine_alignment,
     "sigrot": contrastkit.sigrot_loss,
     "sigrot_hybrid": contrastkit.sigrot_hybrid_loss,
+    "cross_modal_supcon": contrastkit.cross_modal_supcon,
+    "regression_clip": contrastkit.regression_clip_loss,
+    "clip_extra_negatives": contrastkit.clip_loss_extra_negatives,
+    "anchor_hinge": contrastkit.anchor_hinge,
+    "multi_negative_info_nce": contrastkit.multi_negative_info_nce,
 }
 
 

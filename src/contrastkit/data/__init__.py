@@ -15,6 +15,7 @@ Example:
 
 from contrastkit.data.augment import DeBiasCaptionAugment, debias_caption, split_sentences
 from contrastkit.data.badrecords import BadRecord, BadRecordLog, DataError
+from contrastkit.data.beir import load_beir
 from contrastkit.data.builtin import (
     SOURCES,
     DigitsSource,
@@ -30,8 +31,10 @@ from contrastkit.data.samplers import (
     NoDuplicatesBatchSampler,
     split_rows,
 )
+from contrastkit.data.selfaug import SelfAugmented, SelfAugmentedNegatives, change_statistics
 from contrastkit.data.shapes import ShapesSource
 from contrastkit.data.shards import ShardSource, expand_shard_urls
+from contrastkit.data.smart import load_smart
 from contrastkit.data.sources import MODALITIES, ListSource, Source
 from contrastkit.data.stream import ShardStream, TransformedStream
 from contrastkit.data.tokenize import BPETokenizer, ByteTokenizer, pad_sequences
@@ -56,6 +59,8 @@ __all__ = [
     "ListSource",
     "ManifestSource",
     "NoDuplicatesBatchSampler",
+    "SelfAugmented",
+    "SelfAugmentedNegatives",
     "SeriesTransform",
     "ShapesSource",
     "ShardSource",
@@ -63,19 +68,15 @@ __all__ = [
     "Source",
     "TextTransform",
     "TransformedStream",
+    "change_statistics",
     "debias_caption",
     "default_data_root",
     "expand_shard_urls",
     "get_source",
+    "load_beir",
     "load_image",
+    "load_smart",
     "pad_sequences",
     "split_rows",
     "split_sentences",
 ]
-
-try:  # the BEIR reader is written separately; the package works without it
-    from contrastkit.data.beir import load_beir
-except ImportError:  # pragma: no cover
-    pass
-else:
-    __all__ += ["load_beir"]

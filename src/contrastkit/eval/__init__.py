@@ -23,6 +23,7 @@ from contrastkit.eval.geometry import (
     uniformity,
 )
 from contrastkit.eval.ir import ir_metrics
+from contrastkit.eval.kway import kway_zero_shot
 from contrastkit.eval.probe import knn_accuracy, linear_probe_accuracy
 from contrastkit.eval.retrieval import paired_retrieval, retrieval_ranks, top_k_neighbours
 from contrastkit.eval.zeroshot import class_embeddings, zero_shot_accuracy
@@ -39,6 +40,7 @@ __all__ = [
     "edit_caption",
     "ir_metrics",
     "knn_accuracy",
+    "kway_zero_shot",
     "linear_probe_accuracy",
     "mean_matched_cosine",
     "modality_gap",

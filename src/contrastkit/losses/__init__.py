@@ -7,10 +7,19 @@ similarity (nt_xent, dcl, mnrl, cosine_alignment). A ``scale`` is multiplicative
 
 from contrastkit.losses.alignment import cosine_alignment
 from contrastkit.losses.clip import CLIPLoss, clip_loss
+from contrastkit.losses.crossmodal import (
+    SemiPushPullTest,
+    cross_modal_supcon,
+    semi_push_pull_condition,
+    semi_push_pull_test,
+)
+from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
 from contrastkit.losses.multimodal import multimodal_info_nce
+from contrastkit.losses.multineg import multi_negative_info_nce, split_embedding_similarity
 from contrastkit.losses.ranking import rank_n_contrast
 from contrastkit.losses.registry import LOSSES, get_loss
+from contrastkit.losses.regression import regression_clip_loss
 from contrastkit.losses.retrieval import margin_mse, mnrl
 from contrastkit.losses.scale import LogitScale, mark_no_weight_decay
 from contrastkit.losses.selfsup import dcl, nt_xent
@@ -22,9 +31,13 @@ __all__ = [
     "CLIPLoss",
     "LOSSES",
     "LogitScale",
+    "SemiPushPullTest",
     "SigLIPLoss",
+    "anchor_hinge",
     "clip_loss",
+    "clip_loss_extra_negatives",
     "cosine_alignment",
+    "cross_modal_supcon",
     "dcl",
     "generalized_kl",
     "get_loss",
@@ -33,11 +46,16 @@ __all__ = [
     "margin_mse",
     "mark_no_weight_decay",
     "mnrl",
+    "multi_negative_info_nce",
     "multimodal_info_nce",
     "nt_xent",
     "rank_n_contrast",
+    "regression_clip_loss",
+    "semi_push_pull_condition",
+    "semi_push_pull_test",
     "siglip_loss",
     "sigrot_hybrid_loss",
     "sigrot_loss",
+    "split_embedding_similarity",
     "supcon",
 ]

@@ -7,8 +7,12 @@ from collections.abc import Callable
 from contrastkit.errors import InputError
 from contrastkit.losses.alignment import cosine_alignment
 from contrastkit.losses.clip import clip_loss
+from contrastkit.losses.crossmodal import cross_modal_supcon
+from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
+from contrastkit.losses.multineg import multi_negative_info_nce
 from contrastkit.losses.ranking import rank_n_contrast
+from contrastkit.losses.regression import regression_clip_loss
 from contrastkit.losses.retrieval import margin_mse, mnrl
 from contrastkit.losses.selfsup import dcl, nt_xent
 from contrastkit.losses.sigmoid import siglip_loss
@@ -29,6 +33,11 @@ LOSSES: dict[str, Callable[..., object]] = {
     "cosine_alignment": cosine_alignment,
     "sigrot": sigrot_loss,
     "sigrot_hybrid": sigrot_hybrid_loss,
+    "cross_modal_supcon": cross_modal_supcon,
+    "regression_clip": regression_clip_loss,
+    "clip_extra_negatives": clip_loss_extra_negatives,
+    "anchor_hinge": anchor_hinge,
+    "multi_negative_info_nce": multi_negative_info_nce,
 }
 
 

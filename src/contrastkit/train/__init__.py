@@ -6,18 +6,24 @@ Example:
     >>> metrics = train(config, "runs/a")  # doctest: +SKIP
 """
 
+from contrastkit.train.auxiliary import AuxiliaryLosses, AuxLoss
 from contrastkit.train.checkpoint import CheckpointError, load_checkpoint, restore, save_checkpoint
 from contrastkit.train.config import Config, ConfigError, load_config
 from contrastkit.train.gradcache import RandomState, gradcache_step, split_batch
 from contrastkit.train.trainer import Trainer, TrainingError, train
+from contrastkit.train.twostep import TwoStepConditionalStep, TwoStepStats
 
 __all__ = [
+    "AuxLoss",
+    "AuxiliaryLosses",
     "CheckpointError",
     "Config",
     "ConfigError",
     "RandomState",
     "Trainer",
     "TrainingError",
+    "TwoStepConditionalStep",
+    "TwoStepStats",
     "gradcache_step",
     "load_checkpoint",
     "load_config",
