@@ -10,6 +10,7 @@ from contrastkit.models.adapters import HFTextTower, HFTokenizer, TimmImageTower
 from contrastkit.models.aligner import MultiModalProjectionAligner
 from contrastkit.models.builders import TOWERS, build_model, build_tower
 from contrastkit.models.contrastive import ContrastiveModel
+from contrastkit.models.fusion import FusionOutput, GatedFusionHead, gated_fusion_loss
 from contrastkit.models.heads import ProjectionHead
 from contrastkit.models.image import ImageCNN, ImageViT
 from contrastkit.models.positional import (
@@ -23,6 +24,8 @@ from contrastkit.models.text import TextTransformer
 __all__ = [
     "TOWERS",
     "ContrastiveModel",
+    "FusionOutput",
+    "GatedFusionHead",
     "HFTextTower",
     "HFTokenizer",
     "ImageCNN",
@@ -35,6 +38,7 @@ __all__ = [
     "TimmImageTower",
     "build_model",
     "build_tower",
+    "gated_fusion_loss",
     "stretch_positional_embedding",
     "stretch_text_positions",
     "stretched_length",
