@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes features, a few steps (smoke test)")
     parser.add_argument("--seeds", type=int, default=None, help="decoder seeds per row (3; 1 with --quick)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (20; 2 with --quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (50; 2 with --quick)")
     parser.add_argument("--alpha", type=float, default=0.8, help="MSE share of the mixture (AVDE: 0.8)")
     parser.add_argument("--channels", type=int, default=64, help="EEG channels of the linear brain")
     parser.add_argument("--noise", type=float, default=0.3, help="EEG noise std sigma")

@@ -226,3 +226,11 @@ def test_zero_row_raises_only_when_normalising() -> None:
     with pytest.raises(InputError, match="regression_clip_loss: argument 'pred' has 1 all-zero row"):
         regression_clip_loss(pred, target, T0, normalize=True)
     assert torch.isfinite(regression_clip_loss(pred, target, T0))
+
+
+@pytest.mark.parametrize("t", [1000.0, torch.tensor(1000.0), torch.tensor(100.0)])
+def test_overflowing_exp_scale_names_the_argument(t: object) -> None:
+    # exp(t) overflows (a float t: math.exp raises OverflowError; a float32 tensor: inf)
+    pred, target = _ok()
+    with pytest.raises(InputError, match="regression_clip_loss: argument 'logit_scale'"):
+        regression_clip_loss(pred, target, t, exp_scale=True)

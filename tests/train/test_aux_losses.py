@@ -53,14 +53,18 @@ def test_the_term_is_added_with_its_weight(tmp_path, extra):
     config = load_config(None, [*TINY_RUN, "optim.grad_clip=null", *extra])
     plain = Trainer(config, tmp_path / "plain")
     doubled = _trainer_with_clip_twice(tmp_path / "aux", 0.5, extra)
+    values = []
     for trainer in (plain, doubled):  # one step from the same weights and batch, gradients kept
         trainer.optimizer.step = lambda: None
-        trainer.train_step()
+        values.append(trainer.train_step()[0])
     for a, b in zip(doubled.model.parameters(), plain.model.parameters(), strict=True):
         if b.grad is not None:
             torch.testing.assert_close(a.grad, 1.5 * b.grad, rtol=1e-4, atol=1e-6)
-    assert doubled.aux_values["again"] == pytest.approx(plain_loss := doubled.aux.last["again"])
+    plain_loss, doubled_loss = values
     assert plain_loss > 0
+    # the term is the run's own loss L (logged unweighted), and the step's total is 1.5 L
+    assert doubled.aux_values["again"] == pytest.approx(plain_loss, rel=1e-5)
+    assert doubled_loss == pytest.approx(1.5 * plain_loss, rel=1e-5)
 
 
 def test_log_rows_carry_the_total_and_each_term(tmp_path):
@@ -106,6 +110,21 @@ def test_a_module_is_trained_checkpointed_and_resumed_exactly(tmp_path, monkeypa
 
     with pytest.raises(ConfigError, match=r"trained with auxiliary losses \['predict'\]"):
         Trainer(config, tmp_path / "resumed", resume=True).fit()
+
+
+@pytest.mark.parametrize("extra", [[], ["train.micro_batch_size=5"]], ids=["plain", "gradcache"])
+def test_a_module_trains_under_bf16_autocast(tmp_path, extra):
+    # the encoders run under bf16 autocast but the losses outside it: a float32 head must get
+    # float32 embeddings (the library's losses upcast half inputs the same way), not a dtype error
+    head = ImageToText()
+    trainer = Trainer(
+        load_config(None, [*TINY_RUN, "train.precision=bf16", *extra]),
+        tmp_path,
+        aux_losses={"predict": (0.3, head)},
+    )
+    value, _ = trainer.train_step()
+    assert torch.isfinite(torch.tensor(value)) and trainer.aux.last["predict"] > 0
+    assert head.linear.weight.grad is not None and torch.isfinite(head.linear.weight.grad).all()
 
 
 def test_train_passes_the_hook_through(tmp_path):

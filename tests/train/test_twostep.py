@@ -92,8 +92,8 @@ def test_step_two_runs_exactly_when_the_condition_fires(fires: bool) -> None:
     assert stats.fired is fires and stats.test is None
     assert optimizer.calls == (2 if fires else 1)
     assert (stats.step2_loss is not None) is fires
-    # forwards: step 1 (grad), the test re-forward (no grad), step 2 (grad) when it fires
-    assert model.grad_enabled == ([True, False, True] if fires else [True, False])
+    # forwards: step 1, then the re-forward that the test and (when it fires) step 2 share
+    assert model.grad_enabled == [True, True]
     assert condition.seen == [(False, False, 0.5)]
 
 
@@ -114,6 +114,44 @@ def test_updates_equal_the_manual_two_step_sequence(fires: bool) -> None:
         assert stats.step2_loss == pytest.approx(loss2, rel=1e-6)
     for got, want in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_step_two_trains_on_the_embeddings_the_test_saw() -> None:
+    # METHODS 3.5: step 2 contrasts the re-forwarded I', T' of the test, not a third forward
+    # (which would draw a fresh dropout mask and train on embeddings the test never saw).
+    class Dropping(TinyModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, batch):
+            out = super().forward(batch)
+            return {"image": self.drop(out["image"]), "text": self.drop(out["text"])}
+
+    model, batch, seen = Dropping().train(), _batch(5), {}
+
+    def condition(a, b, labels, alpha):
+        seen["test"] = (a.clone(), b.clone())
+        return True
+
+    def step2(outputs, batch):
+        seen["step2"] = (outputs["image"].detach().clone(), outputs["text"].detach().clone())
+        return _intra(outputs, batch)
+
+    torch.manual_seed(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    TwoStepConditionalStep(model, optimizer, _intra, step2, condition)(batch)
+    for tested, trained in zip(seen["test"], seen["step2"], strict=True):
+        assert torch.equal(tested, trained)
+    assert len(model.grad_enabled) == 2
+
+
+def test_missing_labels_are_named() -> None:
+    model = TinyModel()
+    step = TwoStepConditionalStep(model, torch.optim.SGD(model.parameters(), lr=0.1), _intra, _cross)
+    batch = {k: v for k, v in _batch().items() if k != "labels"}
+    with pytest.raises(InputError, match="'labels'"):
+        step(batch)
 
 
 def test_default_condition_is_the_spp_test_on_the_reforwarded_outputs() -> None:

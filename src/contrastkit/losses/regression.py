@@ -7,6 +7,7 @@ import math
 import torch
 
 from contrastkit.errors import (
+    InputError,
     check_embeddings,
     check_flag,
     check_has_negatives,
@@ -69,7 +70,14 @@ def regression_clip_loss(
     exp_scale = check_flag(fn, "exp_scale", exp_scale)
     if exp_scale:
         t = check_scalar(fn, "logit_scale", logit_scale)
-        scale = torch.exp(t) if isinstance(t, torch.Tensor) else math.exp(t)
+        is_tensor = isinstance(t, torch.Tensor)
+        t_value, dtype = (float(t.detach()), t.dtype) if is_tensor else (t, torch.float64)
+        if t_value > math.log(torch.finfo(dtype).max):
+            raise InputError(
+                f"{fn}: argument 'logit_scale' t = {t_value} makes exp(t) overflow {dtype}. Clamp t "
+                f"to [0, ln 100] after each optimizer step."
+            )
+        scale = torch.exp(t) if is_tensor else math.exp(t)
     else:
         scale = check_scale(fn, "logit_scale", logit_scale)
     if normalize:

@@ -8,8 +8,9 @@ methods add a reconstruction or a classification head. The trainer takes them as
 name -> (weight w, loss): the step minimises  L = L_contrastive + sum_name w_name * L_name.
 
 A loss is called as ``loss(embeddings, batch) -> 0-d tensor`` with the same embeddings the
-contrastive loss sees (modality -> (B, D), L2-normalised, with gradient to the towers) and the
-batch (modality inputs, ``"index"`` (B,) record indices, ``"label"`` when the data has labels).
+contrastive loss sees (modality -> (B, D), L2-normalised, with gradient to the towers; float32
+when the towers ran under bf16/fp16 autocast) and the batch (modality inputs, ``"index"`` (B,)
+record indices, ``"label"`` when the data has labels).
 When the loss is an ``nn.Module`` its parameters are trained with the model (same optimizer,
 weight-decay rule and learning rate), saved in every checkpoint and restored on resume; under
 torchrun their gradients are averaged over ranks like the logit scale's. Each term's unweighted
@@ -89,8 +90,15 @@ class AuxiliaryLosses:
         return decay_param_groups(self.modules, weight_decay, prefix="aux_")
 
     def __call__(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor | None:
-        """sum_name w_name * L_name (None without auxiliary losses); keeps each L_name in ``last``."""
+        """sum_name w_name * L_name (None without auxiliary losses); keeps each L_name in ``last``.
+
+        Half-precision embeddings (from bf16/fp16 autocast, which the losses run outside of) are
+        passed up-cast to float32, as the library's own losses compute, so that a float32 module
+        can take them; the gradient still reaches the encoders."""
         total, self.last = None, {}
+        if not self.losses:
+            return None
+        embeddings = {k: _float32_if_half(v) for k, v in embeddings.items()}
         for name, loss in self.losses.items():
             value = loss(embeddings, batch)
             if not isinstance(value, torch.Tensor) or value.dim() != 0 or not value.is_floating_point():
@@ -125,3 +133,9 @@ class AuxiliaryLosses:
                 f"aux_losses: the checkpoint {where} does not fit the auxiliary modules: missing "
                 f"{missing[:5]}, unexpected {unexpected[:5]}."
             )
+
+
+def _float32_if_half(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+        return value.float()
+    return value

@@ -31,10 +31,11 @@ class TwoStepConditionalStep:
 
     One call on a batch:
         1. outputs = model(batch); L1 = step1_loss(outputs, batch); backward; optimizer step.
-        2. with no grad: outputs' = model(batch); fire = condition(outputs'[a], outputs'[b],
-           batch[label_key], alpha=alpha), a, b = ``modalities``.
-        3. if fire: outputs = model(batch); L2 = step2_loss(outputs, batch); backward; a second
-           optimizer step.
+        2. outputs' = model(batch) (the re-forward I', T'); fire = condition(outputs'[a].detach(),
+           outputs'[b].detach(), batch[label_key], alpha=alpha), a, b = ``modalities``.
+        3. if fire: L2 = step2_loss(outputs', batch) on those same outputs (METHODS 3.5: step 2
+           contrasts I', T'; no third forward, so a dropout mask is not redrawn); backward; a
+           second optimizer step. When it does not fire, the graph of outputs' is dropped.
 
     Interface:
         model: a callable batch -> mapping of outputs; it must hold the two ``modalities`` as
@@ -114,14 +115,18 @@ class TwoStepConditionalStep:
         return self.fired / self.steps if self.steps else math.nan
 
     def __call__(self, batch: Batch) -> TwoStepStats:
-        loss1 = self._optimize("step1_loss", self.step1_loss, batch)
-        with torch.no_grad():
-            outputs = self._outputs(batch)
-            a, b = (outputs[m] for m in self.modalities)
-            result = self.condition(a, b, batch[self.label_key], alpha=self.alpha)
+        if self.label_key not in batch:
+            raise InputError(
+                f"TwoStepConditionalStep: the batch has no '{self.label_key}' (keys {list(batch)}); "
+                f"put the (B,) labels there or set 'label_key'."
+            )
+        loss1 = self._optimize("step1_loss", self.step1_loss, self._outputs(batch), batch)
+        outputs = self._outputs(batch)  # I', T': the test reads them, and step 2 trains on them
+        a, b = (outputs[m].detach() for m in self.modalities)
+        result = self.condition(a, b, batch[self.label_key], alpha=self.alpha)
         test = result if isinstance(result, SemiPushPullTest) else None
         fired = result.fires if test is not None else bool(result)
-        loss2 = self._optimize("step2_loss", self.step2_loss, batch) if fired else None
+        loss2 = self._optimize("step2_loss", self.step2_loss, outputs, batch) if fired else None
         self.steps += 1
         self.fired += int(fired)
         return TwoStepStats(step1_loss=loss1, step2_loss=loss2, fired=fired, test=test)
@@ -136,9 +141,11 @@ class TwoStepConditionalStep:
             )
         return outputs
 
-    def _optimize(self, name: str, loss_fn: Callable[[Outputs, Batch], torch.Tensor], batch: Batch) -> float:
-        """Forward, loss, backward, (clip), optimizer step; the loss value."""
-        loss = loss_fn(self._outputs(batch), batch)
+    def _optimize(
+        self, name: str, loss_fn: Callable[[Outputs, Batch], torch.Tensor], outputs: Outputs, batch: Batch
+    ) -> float:
+        """Loss on the given outputs, backward, (clip), optimizer step; the loss value."""
+        loss = loss_fn(outputs, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise ContrastkitError(
