@@ -243,6 +243,7 @@ def mnrl_case(
     guide=False,
     margin=0.0,
     margin_strategy="absolute",
+    symmetric=False,
     chunk_size=None,
     seed=5,
 ) -> Case:
@@ -275,6 +276,7 @@ def mnrl_case(
             guide=gist,
             margin=margin,
             margin_strategy=margin_strategy,
+            symmetric=symmetric,
             chunk_size=chunk,
             distributed=mode,
         )

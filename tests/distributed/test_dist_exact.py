@@ -100,6 +100,8 @@ MNRL = cases(
         {"guide": True, "negatives": "one", "margin": 0.1},
         {"guide": True, "negatives": "many", "chunk_size": 0},
         {"guide": True, "negatives": "many", "margin": 0.1, "margin_strategy": "relative"},
+        {"symmetric": True},
+        {"symmetric": True, "negatives": "many", "chunk_size": 2},
     ],
 )
 
@@ -141,6 +143,7 @@ THREE_RANKS = [
     case("supcon", "gather", {"reduction": "none"}),
     case("mnrl", "local", {"guide": True, "negatives": "many"}),
     case("mnrl", "gather", {"negatives": "one", "chunk_size": 2}),
+    case("mnrl", "local", {"symmetric": True, "negatives": "many"}),
 ]
 
 

@@ -156,6 +156,66 @@ def test_mnrl_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda x, y, z: mnrl(x, y, z, scale=3.0), (a, p, n))
 
 
+# ---------------------------------------------------------------- mnrl, symmetric
+
+
+def ref_mnrl_symmetric(anchors, positives, negatives=None, scale=20.0) -> torch.Tensor:
+    """mean_i [ LSE( {scale cos(a_i, c_j)}_j u {scale cos(p_i, a_j)}_j ) - scale cos(a_i, p_i) ]:
+    the doc->query columns join the query->doc ones in one softmax."""
+    b = anchors.shape[0]
+    negs = _negative_list(negatives)
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(b):
+        cands = [scale * _cos(anchors[i], positives[j]) for j in range(b)]
+        cands += [scale * _cos(anchors[i], n) for n in negs]
+        cands += [scale * _cos(positives[i], anchors[j]) for j in range(b)]
+        total = total + torch.logsumexp(torch.stack(cands), 0) - scale * _cos(anchors[i], positives[i])
+    return total / b
+
+
+@pytest.mark.parametrize("chunk_size", [0, 2])
+@pytest.mark.parametrize("m", [None, 1, 3])
+def test_mnrl_symmetric_matches_loop(m: int | None, chunk_size: int) -> None:
+    a, p = _raw(5, 4, seed=23), _raw(5, 4, seed=24)
+    n = None if m is None else _raw(5, m, 4, seed=25)
+    scale = torch.tensor(9.0, dtype=torch.float64, requires_grad=True)
+    assert_matches_reference(
+        lambda x, y, s: mnrl(x, y, n, scale=s, symmetric=True, chunk_size=chunk_size),
+        lambda x, y, s: ref_mnrl_symmetric(x, y, n, s),
+        a,
+        p,
+        scale,
+    )
+
+
+def test_mnrl_symmetric_differs_from_one_direction_and_hand_case() -> None:
+    a, p = _raw(4, 3, seed=26), _raw(4, 3, seed=27)
+    assert abs(mnrl(a, p, symmetric=True).item() - mnrl(a, p).item()) > 1e-3
+    # identical unit rows, orthogonal: every row sees exp(s) twice (the pair in both directions)
+    # and 2(B - 1) columns at logit 0 -> log(2 e^s + 2(B - 1)) - s
+    e = torch.eye(4, dtype=torch.float64)
+    want = torch.log(torch.tensor(2 * torch.e**2 + 6.0, dtype=torch.float64)) - 2.0
+    torch.testing.assert_close(mnrl(e, e.clone(), scale=2.0, symmetric=True), want, atol=1e-12, rtol=0)
+
+
+def test_mnrl_symmetric_gradcheck_and_precisions() -> None:
+    a, p, n = _raw(3, 4, seed=28), _raw(3, 4, seed=29), _raw(3, 2, 4, seed=30)
+    assert torch.autograd.gradcheck(lambda x, y, z: mnrl(x, y, z, scale=3.0, symmetric=True), (a, p, n))
+    want = mnrl(a, p, n, symmetric=True)
+    got32 = mnrl(a.float(), p.float(), n.float(), symmetric=True)
+    torch.testing.assert_close(got32.double(), want, rtol=1e-4, atol=0)
+    bf16 = mnrl(a.bfloat16(), p.bfloat16(), n.bfloat16(), symmetric=True)
+    assert torch.isfinite(bf16) and bf16.dtype == torch.float32
+
+
+def test_mnrl_symmetric_errors() -> None:
+    a, p = _raw(4, 3, seed=31, requires_grad=False), _raw(4, 3, seed=32, requires_grad=False)
+    with pytest.raises(InputError, match="symmetric"):
+        mnrl(a, p, symmetric="yes")
+    with pytest.raises(InputError, match="'symmetric' cannot be combined with 'guide'"):
+        mnrl(a, p, guide=(a, p, None), symmetric=True)
+
+
 # ---------------------------------------------------------------- GISTEmbed
 
 

