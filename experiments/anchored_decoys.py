@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
-from contrastkit.report.blocks import write_block
+from contrastkit.report.blocks import publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "anchored-decoys.md"
@@ -334,16 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{batch} (fresh pockets each step), {seeds} seed(s), mean ± std; test: {n_test} unseen pockets, "
         f"4 actives and 8 decoys each; run time {runtime:.0f}s on {args.threads} CPU thread(s)."
     )
-    print()
-    print(caption)
-    print(table)
-    print(summary)
-    if docs is not None:
-        command = "python experiments/anchored_decoys.py" + (" --quick" if args.quick else "")
-        write_block(
-            docs, BEGIN, END, f"{caption}\n\n{table}\n\n**Result:** {summary}\n\nCommand: `{command}`"
-        )
-        print(f"wrote the table into {docs}")
+    command = "python experiments/anchored_decoys.py" + (" --quick" if args.quick else "")
+    publish_result(docs, BEGIN, END, caption=caption, table=table, summary=summary, command=command)
     return 0
 
 

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from contrastkit.models.fusion import FusionOutput, GatedFusionHead, gated_fusion_loss, modality_head
-from contrastkit.report.blocks import write_block
+from contrastkit.report.blocks import publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "runs" / "gated_fusion_cache"
@@ -493,18 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         (CACHE / "results.json").write_text(
             json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8"
         )
-    print()
-    print(caption)
-    print()
-    print(tables)
-    print()
-    print(summary)
-    if docs is not None:
-        command = "python experiments/gated_fusion.py" + (" --quick" if args.quick else "")
-        write_block(
-            docs, BEGIN, END, f"{caption}\n\n{tables}\n\n**Result:** {summary}\n\nCommand: `{command}`"
-        )
-        print(f"wrote the table into {docs}")
+    command = "python experiments/gated_fusion.py" + (" --quick" if args.quick else "")
+    publish_result(docs, BEGIN, END, caption=caption, table=tables, summary=summary, command=command)
     return 0
 
 

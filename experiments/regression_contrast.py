@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from contrastkit.eval.kway import kway_zero_shot
 from contrastkit.losses.regression import regression_clip_loss
-from contrastkit.report.blocks import write_block
+from contrastkit.report.blocks import publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "regression-contrast.md"
@@ -273,16 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         f"batch {batch}, {seeds} seed(s), mean ± std; run time {runtime:.0f}s on "
         f"{args.threads} CPU thread(s)."
     )
-    print()
-    print(caption)
-    print(table)
-    print(summary)
-    if docs is not None:
-        command = "python experiments/regression_contrast.py" + (" --quick" if args.quick else "")
-        write_block(
-            docs, BEGIN, END, f"{caption}\n\n{table}\n\n**Result:** {summary}\n\nCommand: `{command}`"
-        )
-        print(f"wrote the table into {docs}")
+    command = "python experiments/regression_contrast.py" + (" --quick" if args.quick else "")
+    publish_result(docs, BEGIN, END, caption=caption, table=table, summary=summary, command=command)
     return 0
 
 

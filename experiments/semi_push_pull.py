@@ -42,7 +42,7 @@ from torch import nn
 
 from contrastkit.losses.crossmodal import cross_modal_supcon, semi_push_pull_test
 from contrastkit.losses.supervised import supcon
-from contrastkit.report.blocks import write_block
+from contrastkit.report.blocks import publish_result
 from contrastkit.train.twostep import TwoStepConditionalStep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -404,16 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         f"test captions {text_mix}; {epochs} epochs x batch 64, ce_weight {args.ce_weight:g}, "
         f"{seeds} seed(s), mean ± std; run time {runtime:.0f}s on {args.threads} CPU thread(s)."
     )
-    print()
-    print(caption)
-    print(table)
-    print(summary)
-    if docs is not None:
-        command = "python experiments/semi_push_pull.py" + (" --quick" if args.quick else "")
-        write_block(
-            docs, BEGIN, END, f"{caption}\n\n{table}\n\n**Result:** {summary}\n\nCommand: `{command}`"
-        )
-        print(f"wrote the table into {docs}")
+    command = "python experiments/semi_push_pull.py" + (" --quick" if args.quick else "")
+    publish_result(docs, BEGIN, END, caption=caption, table=table, summary=summary, command=command)
     return 0
 
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from contrastkit.eval import mean_matched_cosine, modality_gap, paired_retrieval
 from contrastkit.losses import clip_loss, sigrot_hybrid_loss, sigrot_loss
-from contrastkit.report.blocks import write_block
+from contrastkit.report.blocks import publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CONTRASTKIT_SHARED_DATA", ROOT.parent / "shared" / "data")) / "flickr8k"
@@ -333,16 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{steps} steps x batch {batch}, {seeds} seed(s), mean ± std; R@K in %; "
         f"run time {runtime:.0f}s on {args.threads} CPU thread(s)."
     )
-    print()
-    print(caption)
-    print(table)
-    print(summary)
-    if docs is not None:
-        command = "python experiments/sigrot.py" + (" --quick" if args.quick else "")
-        write_block(
-            docs, BEGIN, END, f"{caption}\n\n{table}\n\n**Result:** {summary}\n\nCommand: `{command}`"
-        )
-        print(f"wrote the table into {docs}")
+    command = "python experiments/sigrot.py" + (" --quick" if args.quick else "")
+    publish_result(docs, BEGIN, END, caption=caption, table=table, summary=summary, command=command)
     return 0
 
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from contrastkit.data.selfaug import SelfAugmentedNegatives
 from contrastkit.losses.multineg import multi_negative_info_nce, split_embedding_similarity
-from contrastkit.report.blocks import write_block
+from contrastkit.report.blocks import publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
@@ -502,16 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{cfg['negatives']} negatives each; top-1 (%) of the positive among 1 + {n_eval} candidates, "
         f"{cfg['seeds']} seed(s), mean ± std; run time {runtime:.0f}s on {args.threads} CPU thread(s)."
     )
-    print()
-    print(caption)
-    print(table)
-    print(summary)
-    if docs is not None:
-        command = "python experiments/split_embedding.py" + (" --quick" if args.quick else "")
-        write_block(
-            docs, BEGIN, END, f"{caption}\n\n{table}\n\n**Result:** {summary}\n\nCommand: `{command}`"
-        )
-        print(f"wrote the table into {docs}")
+    command = "python experiments/split_embedding.py" + (" --quick" if args.quick else "")
+    publish_result(docs, BEGIN, END, caption=caption, table=table, summary=summary, command=command)
     return 0
 
 

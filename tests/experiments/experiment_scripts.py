@@ -1,8 +1,9 @@
-"""Load an ``experiments/<name>.py`` script as a module, for the experiments' smoke tests."""
+"""Load or run an ``experiments/<name>.py`` script, for the experiments' smoke tests."""
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -22,3 +23,24 @@ def load_experiment(name: str) -> ModuleType:
     sys.modules[key] = module
     spec.loader.exec_module(module)
     return module
+
+
+PAGE = "# page\n\nbefore\n"
+
+
+def run_quick(name: str, tmp_path: Path, timeout: int = 180) -> tuple[str, str]:
+    """Run ``experiments/<name>.py --quick --docs PAGE`` in a subprocess; check that it exits 0 and
+    leaves the page's own text before its block alone. Returns (stdout, the page's text)."""
+    docs = tmp_path / f"{name}.md"
+    docs.write_text(PAGE, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(FOLDER / f"{name}.py"), "--quick", "--docs", str(docs)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=FOLDER.parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = docs.read_text(encoding="utf-8")
+    assert text.startswith(PAGE)
+    return done.stdout, text

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from experiment_scripts import load_experiment
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "gated_fusion.py"
+from experiment_scripts import load_experiment, run_quick
 
 
 def test_quick_run_prints_the_tables_and_writes_the_block(tmp_path: Path) -> None:
-    docs = tmp_path / "gated.md"
-    docs.write_text("# page\n\nbefore\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--docs", str(docs)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    out, text = run_quick("gated_fusion", tmp_path)
     for label in (
         "| gate λ=0.01 |",
         "| fixed 0.5 (λ=0.01) |",
@@ -37,8 +22,6 @@ def test_quick_run_prints_the_tables_and_writes_the_block(tmp_path: Path) -> Non
     ):
         assert label in out
     assert re.search(r"Claim (reproduced|partly reproduced|did not reproduce) on this setup\.", out)
-    text = docs.read_text(encoding="utf-8")
-    assert text.startswith("# page\n\nbefore\n")
     assert text.count("<!-- gated-fusion-table:begin -->") == 1 and "| gate λ=0.01 |" in text
 
 

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from experiment_scripts import load_experiment
+from experiment_scripts import load_experiment, run_quick
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "hard_negatives.py"
 BEGIN = "<!-- hard-negatives-table:begin -->"
 
 
 def test_quick_run_prints_the_table_and_writes_the_block(tmp_path: Path) -> None:
     pytest.importorskip("bm25s")
-    docs = tmp_path / "retrieval.md"
-    docs.write_text("# page\n\nbefore\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--docs", str(docs)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    out, text = run_quick("hard_negatives", tmp_path)
     for label in (
         "| (a) MNRL, in-batch |",
         "| (c) MNRL + 3 filtered negatives |",
@@ -36,8 +22,6 @@ def test_quick_run_prints_the_table_and_writes_the_block(tmp_path: Path) -> None
     ):
         assert label in out
     assert "Claim " in out and "reproduce" in out
-    text = docs.read_text(encoding="utf-8")
-    assert text.startswith("# page\n\nbefore\n")
     assert text.count(BEGIN) == 1 and "| (d) GISTEmbed masking |" in text
 
 

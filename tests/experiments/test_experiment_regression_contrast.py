@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from experiment_scripts import load_experiment
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "regression_contrast.py"
+from experiment_scripts import load_experiment, run_quick
 
 
 def test_quick_run_prints_the_table_and_writes_the_block(tmp_path: Path) -> None:
-    docs = tmp_path / "regression.md"
-    docs.write_text("# page\n\nbefore\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--docs", str(docs)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    out, text = run_quick("regression_contrast", tmp_path)
     for label in (
         "| MSE | raw |",
         "| InfoNCE | unit | exp(t) |",
@@ -35,8 +20,6 @@ def test_quick_run_prints_the_table_and_writes_the_block(tmp_path: Path) -> None
     assert "200-way top-1 %" in out and "cos error" in out
     verdicts = [line for line in out.splitlines() if line.startswith("Claim ")]
     assert len(verdicts) == 1 and "reproduce" in verdicts[0]
-    text = docs.read_text(encoding="utf-8")
-    assert text.startswith("# page\n\nbefore\n")
     assert text.count("<!-- regression-contrast-table:begin -->") == 1
     assert text.count("<!-- regression-contrast-table:end -->") == 1 and "| InfoNCE |" in text
 

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from experiment_scripts import load_experiment
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "sigrot.py"
+from experiment_scripts import load_experiment, run_quick
 
 
 def test_quick_run_prints_the_table_and_writes_the_block(tmp_path: Path) -> None:
-    docs = tmp_path / "ot.md"
-    docs.write_text("# page\n\nbefore\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--docs", str(docs)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    out, text = run_quick("sigrot", tmp_path)
     for label in ("| CLIP |", "| SIGROT |", "| 0.1·CLIP + SIGROT |", "i2t R@1", "gap", "align"):
         assert label in out
     assert "Claim " in out and "reproduced" in out
-    text = docs.read_text(encoding="utf-8")
-    assert text.startswith("# page\n\nbefore\n")
     assert text.count("<!-- sigrot-table:begin -->") == 1 and "| CLIP |" in text
 
 

@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from experiment_scripts import load_experiment
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "split_embedding.py"
+from experiment_scripts import load_experiment, run_quick
 
 
 def test_quick_run_prints_the_table_and_writes_the_block(tmp_path: Path) -> None:
     module = load_experiment("split_embedding")
     if not sorted(module.FONT_DIR.glob("*.ttf")):
         pytest.skip(f"no fonts in {module.FONT_DIR}")
-    docs = tmp_path / "split.md"
-    docs.write_text("# page\n\nbefore\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--docs", str(docs)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    out, text = run_quick("split_embedding", tmp_path)
     for label in module.LABELS.values():
         assert f"| {label} |" in out
     assert "top-1 blank" in out and "Claim " in out and "reproduce" in out
-    text = docs.read_text(encoding="utf-8")
-    assert text.startswith("# page\n\nbefore\n")
     assert text.count(module.BEGIN) == 1 and text.count(module.END) == 1
     assert f"| {module.LABELS['full']} |" in text
 

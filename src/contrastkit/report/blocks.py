@@ -18,3 +18,22 @@ def write_block(path: str | Path, begin: str, end: str, text: str) -> None:
         doc = doc + ("\n" if doc and not doc.endswith("\n") else "") + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc, encoding="utf-8")
+
+
+def publish_result(
+    docs: str | Path | None,
+    begin: str,
+    end: str,
+    *,
+    caption: str,
+    table: str,
+    summary: str,
+    command: str,
+) -> None:
+    """Print an experiment's caption, table and one-line verdict; with ``docs``, also write them
+    (and the ``command`` that made them) into the marked block of that Markdown file."""
+    print(f"\n{caption}\n\n{table}\n\n{summary}")
+    if docs is not None:
+        text = f"{caption}\n\n{table}\n\n**Result:** {summary}\n\nCommand: `{command}`"
+        write_block(docs, begin, end, text)
+        print(f"wrote the table into {docs}")
