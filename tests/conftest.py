@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,27 @@ TINY_RUN = [
     "optim.warmup_steps=2",
     "eval.examples=4",
 ]
+
+
+@contextlib.contextmanager
+def crash_at_step(step: int) -> Iterator[None]:
+    """Inside the block a training run dies (KeyboardInterrupt, expected) when ``step`` steps are
+    done, leaving its checkpoints behind as a crash would."""
+    from contrastkit.train.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return original(self)
+
+    Trainer.train_step = train_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        Trainer.train_step = original
 
 
 # Real worker processes in a gloo group on loopback, for tests/distributed: ``pool`` (world 2)

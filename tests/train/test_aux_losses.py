@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, crash_at_step
 from contrastkit.losses import clip_loss
 from contrastkit.train.config import ConfigError, load_config
 from contrastkit.train.trainer import Trainer, train
@@ -77,7 +77,7 @@ def test_log_rows_carry_the_total_and_each_term(tmp_path):
     assert all(float(r["loss"]) == pytest.approx(1.5 * float(r["aux_again"]), rel=1e-4) for r in rows)
 
 
-def test_a_module_is_trained_checkpointed_and_resumed_exactly(tmp_path, monkeypatch):
+def test_a_module_is_trained_checkpointed_and_resumed_exactly(tmp_path):
     config = load_config(None, TINY_RUN)
     torch.manual_seed(0)
     full = Trainer(config, tmp_path / "full", aux_losses={"predict": (0.3, ImageToText())})
@@ -87,18 +87,9 @@ def test_a_module_is_trained_checkpointed_and_resumed_exactly(tmp_path, monkeypa
     assert not torch.equal(start, trained)  # its parameters are in the optimizer
     assert {g["name"] for g in full.optimizer.param_groups} >= {"aux_decay", "aux_no_decay"}
 
-    original = Trainer.train_step
-
-    def stop_after_three(self):
-        if self.step == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", stop_after_three)
     torch.manual_seed(0)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(3):
         Trainer(config, tmp_path / "resumed", aux_losses={"predict": (0.3, ImageToText())}).fit()
-    monkeypatch.setattr(Trainer, "train_step", original)
     torch.manual_seed(1)  # a differently initialised head: the checkpoint must overwrite it
     resumed = Trainer(config, tmp_path / "resumed", resume=True, aux_losses={"predict": (0.3, ImageToText())})
     resumed.fit()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, crash_at_step
 from contrastkit.train.config import ConfigError, load_config
-from contrastkit.train.trainer import Trainer, train
+from contrastkit.train.trainer import train
 from stream_shards import streamed_spec, write_shards
 
 
@@ -24,37 +24,22 @@ def losses(run_dir: Path) -> list[str]:
         return [row["loss"] for row in csv.DictReader(f)]
 
 
-def stop_after(step: int, monkeypatch) -> None:
-    original = Trainer.train_step
-
-    def train_step(self):
-        if self.step == step:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
-
-
-def test_a_streamed_run_resumes_exactly_mid_epoch(tmp_path, monkeypatch):
+def test_a_streamed_run_resumes_exactly_mid_epoch(tmp_path):
     # 60 records in batches of 16: an epoch is 3 batches, so step 4 starts the second epoch
     config = load_config(None, streamed(write_shards(tmp_path), "train.checkpoint_every=2"))
     train(config, tmp_path / "full")
-    with monkeypatch.context() as patched:
-        stop_after(2, patched)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, tmp_path / "resumed")
+    with crash_at_step(2):
+        train(config, tmp_path / "resumed")
     train(config, tmp_path / "resumed", resume=True)
     assert losses(tmp_path / "resumed") == losses(tmp_path / "full")
     state = json.loads((tmp_path / "full" / "checkpoints" / "step-000006" / "state.json").read_text())
     assert state["data_positions"] == [{"epoch": 1, "batch": 3}]  # the second epoch's three batches
 
 
-def test_resuming_a_streamed_run_with_loader_workers_is_refused_with_the_way_out(tmp_path, monkeypatch):
+def test_resuming_a_streamed_run_with_loader_workers_is_refused_with_the_way_out(tmp_path):
     config = load_config(None, streamed(write_shards(tmp_path), "train.checkpoint_every=2"))
-    with monkeypatch.context() as patched:
-        stop_after(2, patched)
-        with pytest.raises(KeyboardInterrupt):
-            train(config, tmp_path / "run")
+    with crash_at_step(2):
+        train(config, tmp_path / "run")
     with_workers = load_config(
         None, streamed(str(tmp_path / "part-{0..5}.tar"), "train.checkpoint_every=2", "data.num_workers=2")
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, crash_at_step
 from contrastkit.data import DataError
 from contrastkit.train.config import ConfigError, load_config
 from contrastkit.train.setup import learning_rate
@@ -39,22 +39,13 @@ def test_a_run_writes_every_file_and_flat_metrics(tmp_path):
     assert len(losses(tmp_path)) == 6
 
 
-def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
     config = load_config(None, [*TINY_RUN, "model.towers.text.dropout=0.1"])
     train(config, tmp_path / "full")
 
-    original = Trainer.train_step
-
-    def stop_after_three(self):
-        if self.step == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", stop_after_three)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_at_step(3):
         train(config, tmp_path / "resumed")
     assert len(losses(tmp_path / "resumed")) == 3
-    monkeypatch.setattr(Trainer, "train_step", original)
     train(config, tmp_path / "resumed", resume=True)
     assert losses(tmp_path / "resumed") == losses(tmp_path / "full")
 
