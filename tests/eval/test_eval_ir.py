@@ -157,3 +157,35 @@ def test_bad_inputs(index, value, match):
 def test_bad_options(name, value):
     with pytest.raises(InputError, match=f"'{name}'"):
         ir_metrics(*_ok(), **{name: value})
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4096])
+def test_heavy_ties_match_the_reference_at_every_cut(chunk_size):
+    """5 distinct directions, each repeated, so every query's ranking is blocks of exactly equal
+    scores; relevant documents sit inside blocks cut by k = 1, 2, 3, 7 and 10: nDCG, MAP, Recall
+    and MRR must all follow the corpus-order tie break of the reference."""
+    g = torch.Generator().manual_seed(7)
+    # one-hot directions: every score is one query coordinate times 1 plus zeros, so repeated
+    # rows score exactly alike whatever the matmul's summation order
+    base = torch.cat([torch.eye(4, dtype=torch.float64), -torch.eye(4, dtype=torch.float64)[:1]])
+    pattern = [0, 1, 0, 2, 1, 0, 3, 4, 2, 0, 1, 3, 0, 4, 2, 1]
+    corpus = base[pattern]
+    corpus_ids = [f"d{j}" for j in range(len(pattern))]
+    query = base[[0, 1, 2, 0]] + 0.3 * torch.rand(4, 4, generator=g, dtype=torch.float64)
+    query_ids = ["q0", "q1", "q2", "q3"]
+    qrels = {
+        "q0": {"d5": 1, "d12": 2, "d3": 1},  # two inside q0's top block of five tied rows
+        "q1": {"d15": 2, "d4": 1},  # the last two rows of q1's top block
+        "q2": {"d8": 1, "d14": 3},
+        "q3": {"d0": 1, "d9": 1},
+    }
+    cos = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(corpus, dim=1).T
+    assert len(set(cos[0].tolist())) <= 5  # precondition: exact ties in the scores
+    ks = (1, 2, 3, 7, 10)
+    got = ir_metrics(query, corpus, qrels, query_ids, corpus_ids, ks=ks, chunk_size=chunk_size)
+    want = _reference(query, corpus, qrels, query_ids, corpus_ids, ks)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    # and the tie break is visible: reversing the corpus order changes the metrics
+    flipped = ir_metrics(query, corpus.flip(0), qrels, query_ids, corpus_ids[::-1], ks=ks)
+    assert flipped["MRR@10"] != got["MRR@10"] or flipped["nDCG@3"] != got["nDCG@3"]

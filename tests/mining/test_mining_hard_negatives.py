@@ -431,3 +431,30 @@ def test_embedding_scorer_is_the_cosine_and_embeds_each_text_once():
     torch.testing.assert_close(score(["a", "a"], ["b", "c"]), torch.tensor([0.6, 0.8], dtype=torch.float64))
     score(["a"], ["c"])
     assert calls == [2, 1]
+
+
+def test_bm25_over_a_corpus_without_indexable_words_raises_input_error():
+    pytest.importorskip("bm25s")
+    with pytest.raises(InputError, match="BM25Index: the 2 corpus text"):
+        BM25Index(["", "the of a"])  # bm25s itself fails with max() of an empty sequence
+    with pytest.raises(InputError, match="no word besides English stopwords"):
+        mine_hard_negatives(["solar"], ["", " "], {0: [0]})
+    assert BM25Index(["", "solar power"]).scores(["solar"])[0, 1] > 0  # one empty text is fine
+
+
+def test_half_precision_retriever_scores_positives_like_candidates():
+    # bf16 embeddings: the candidates are scored in float32 (dense_top_k), so the positive's score,
+    # the bar of every margin filter, must be too (it was a bf16 dot product, ~1e-2 off)
+    gen = torch.Generator().manual_seed(5)
+    table = {t: torch.randn(16, generator=gen).tolist() for t in ["q", "p", "a", "b", "c"]}
+
+    def embed(texts):
+        return torch.tensor([table[t] for t in texts]).bfloat16()
+
+    mined = mine_hard_negatives(["q"], ["p", "a", "b", "c"], {0: [0]}, retriever=embed, fn_rel=None)
+    unit = torch.nn.functional.normalize(embed(["q", "p", "a", "b", "c"]).float(), dim=1)
+    cos = unit[1:] @ unit[0]
+    assert mined.positive_score[0] == pytest.approx(float(cos[0]), abs=1e-6)
+    assert sorted(mined.negative_scores[0], reverse=True) == pytest.approx(
+        sorted(cos[1:].tolist(), reverse=True), abs=1e-6
+    )

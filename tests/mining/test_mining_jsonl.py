@@ -85,3 +85,17 @@ def test_summary_counts():
     mined.dropped["fn_rel"] = 4
     text = mined.summary()
     assert "3 rows, 5 negatives (1 rows with fewer than 2)" in text and "fn_rel 4" in text
+
+
+def test_other_negative_fields_and_non_utf8_files_raise_clear_errors(tmp_path):
+    # a field that merely starts with "negative_" is not a numbered negative (it used to crash int())
+    path = tmp_path / "extra.jsonl"
+    path.write_text('{"query": "q", "positive": "p", "negative_1": "n", "negative_note": "x"}\n')
+    assert read_mined_jsonl(path) == [{"query": "q", "positive": "p", "negatives": ["n"]}]
+    path.write_text('{"query": "q", "positive": "p", "negative_note": "x"}\n')
+    with pytest.raises(InputError, match="line 1 needs at least one negative"):
+        read_mined_jsonl(path)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"query": "q", "positive": "p", "negatives": ["n"]}\n{"query": "caf\xe9"}\n')
+    with pytest.raises(InputError, match="is not UTF-8 text"):
+        read_mined_jsonl(latin)

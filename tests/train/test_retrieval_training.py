@@ -241,7 +241,7 @@ def test_source_reads_rows_and_checks_negatives(tmp_path):
     path = write_rows(tmp_path / "rows.jsonl", mined_rows(n=4, negatives=2))
     source = MinedSource(path)
     assert len(source) == 4 and source.has_scores and source.modalities == ("text",)
-    assert source[1]["group"] == source[1]["text"]
+    assert [source[i]["group"] for i in range(4)] == source.group_keys() and len(source.groups()[0]) == 4
     item = MinedPairsDataset(source, 1)[2]
     assert set(item) == {"index", "text", "positive", "negative_1", "scores", "raw_texts"}
     assert item["scores"].shape == (2,)
@@ -337,3 +337,22 @@ def test_train_writes_the_run_files(tmp_path, data_file):
     metrics = train(run_config(data_file, "train.steps=1"), tmp_path)
     assert metrics["train/steps"] == 1
     assert (tmp_path / "report.html").is_file() and (tmp_path / "metrics.json").is_file()
+
+
+def test_rows_sharing_a_query_or_a_positive_never_share_a_batch(tmp_path):
+    # rows i and i + 8 have different queries but one positive text: batched together, each
+    # positive would be the other row's in-batch false negative (an identical column)
+    rows = mined_rows(n=16, negatives=2)
+    for i in range(8):
+        rows[i + 8]["positive"] = rows[i]["positive"]
+    rows[3]["query"] = rows[5]["query"]  # and one repeated query
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    source = MinedSource(path)
+    groups = source.group_keys()
+    assert groups[0] == groups[8] and groups[3] == groups[5] == groups[11] == groups[13]
+    assert len(set(groups)) == 7
+    trainer = Trainer(run_config(path, "train.batch_size=4", "train.steps=20"), tmp_path / "run")
+    for _ in range(12):
+        batch, _ = trainer._batch()
+        raw = batch["raw_texts"]
+        assert len({r[0] for r in raw}) == len({r[1] for r in raw}) == len(raw)

@@ -150,10 +150,14 @@ class BM25Index:
             ) from err
         self._bm25s = bm25s
         self.n_docs = len(corpus)
+        tokens = bm25s.tokenize(list(corpus), stopwords="en", show_progress=False)
+        if not tokens.vocab:
+            raise InputError(
+                f"BM25Index: the {len(corpus)} corpus text(s) hold no word besides English stopwords; "
+                f"BM25 has nothing to index. Check the corpus (empty texts?) or use a dense retriever."
+            )
         self._index = bm25s.BM25(k1=k1, b=b)
-        self._index.index(
-            bm25s.tokenize(list(corpus), stopwords="en", show_progress=False), show_progress=False
-        )
+        self._index.index(tokens, show_progress=False)
 
     def scores(self, queries: Sequence[str]) -> torch.Tensor:
         """(len(queries), N) float32 BM25 scores; query words unseen in the corpus score 0."""

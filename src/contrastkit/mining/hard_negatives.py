@@ -361,13 +361,11 @@ def _first_stage(
             return vals, idx, [scores[i, p] for i, p in enumerate(pos)]
 
         return bm25_search
-    corpus_emb = F.normalize(
-        embed_texts(fn, "retriever", retriever, corpus, batch_size, progress=progress), dim=1
-    )
+    corpus_emb = _unit(embed_texts(fn, "retriever", retriever, corpus, batch_size, progress=progress))
 
     def dense_search(block, pos):
         texts = [queries[q] for q in block]
-        query_emb = F.normalize(embed_texts(fn, "retriever", retriever, texts, batch_size), dim=1)
+        query_emb = _unit(embed_texts(fn, "retriever", retriever, texts, batch_size))
         if query_emb.shape[1] != corpus_emb.shape[1]:
             raise InputError(
                 f"{fn}: argument 'retriever' embeds queries in {query_emb.shape[1]} dimensions but the "
@@ -377,6 +375,12 @@ def _first_stage(
         return vals, idx, [corpus_emb[p] @ query_emb[i] for i, p in enumerate(pos)]
 
     return dense_search
+
+
+def _unit(embeddings: torch.Tensor) -> torch.Tensor:
+    """Unit rows in at least float32, the precision ``dense_top_k`` scores candidates in, so the
+    positives' scores (which the margin filters compare against) are computed alike."""
+    return F.normalize(embeddings.to(torch.promote_types(embeddings.dtype, torch.float32)), dim=1)
 
 
 def _teacher_scores(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from contrastkit.mining.hard_negatives import MinedNegatives
 
 LAYOUTS = ("list", "n-tuple")
+_NUMBERED = re.compile(r"negative_[0-9]+")
 
 
 def to_records(mined: MinedNegatives, layout: str = "list") -> list[dict]:
@@ -69,15 +71,20 @@ def read_mined_jsonl(path: str | Path) -> list[dict]:
         raise InputError(f"{fn}: argument 'path' must be a JSONL file; {path} does not exist.")
     rows = []
     with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_no}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{fn}: {where} is not valid JSON ({err.msg}).") from err
-            rows.append(_normalise(fn, where, raw))
+        try:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path} line {line_no}"
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{fn}: {where} is not valid JSON ({err.msg}).") from err
+                rows.append(_normalise(fn, where, raw))
+        except UnicodeDecodeError as err:
+            raise InputError(
+                f"{fn}: {path} is not UTF-8 text ({err.reason}, after row {len(rows)})."
+            ) from None
     if not rows:
         raise InputError(f"{fn}: {path} holds no rows.")
     return rows
@@ -86,7 +93,7 @@ def read_mined_jsonl(path: str | Path) -> list[dict]:
 def _normalise(fn: str, where: str, raw: object) -> dict:
     if not isinstance(raw, dict):
         raise InputError(f"{fn}: {where} must be a JSON object; got {type(raw).__name__}.")
-    numbered = sorted((k for k in raw if k.startswith("negative_")), key=lambda k: int(k.split("_")[1]))
+    numbered = sorted((k for k in raw if _NUMBERED.fullmatch(k)), key=lambda k: int(k[len("negative_") :]))
     negatives = raw.get("negatives", [raw[k] for k in numbered])
     texts = {"query": raw.get("query"), "positive": raw.get("positive")}
     if not all(isinstance(v, str) for v in texts.values()):

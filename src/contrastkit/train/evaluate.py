@@ -79,13 +79,13 @@ class Embedder:
         return torch.cat(out), kept
 
     @torch.no_grad()
-    def texts(self, texts: list[str]) -> torch.Tensor:
-        """Embeddings (n, D) of raw strings, in eval mode."""
+    def texts(self, texts: list[str], *, normalize: bool = True) -> torch.Tensor:
+        """Embeddings (n, D) of raw strings, in eval mode; unit rows unless ``normalize=False``."""
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         batch = to_device(self.tokenizer(texts), device)
-        out = self.model.encode("text", batch).float().cpu()
+        out = self.model.encode("text", batch, normalize=normalize).float().cpu()
         self.model.train(was_training)
         return out
 

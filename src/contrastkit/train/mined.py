@@ -51,8 +51,10 @@ class MinedSource(Source):
     """The rows of a mined hard-negative JSONL file, read and checked when it is opened.
 
     ``source[i]`` is ``{"text": query, "positive", "negatives": [...], "scores": [...] (when the
-    file has them), "group": query}``: rows of one query form a group, so the default sampler never
-    puts two of them in one batch (each would be the other's false negative).
+    file has them), "group"}``: rows linked by a shared query or positive text (directly or through
+    other rows) form a group, so the default sampler never puts two of them in one batch: a
+    repeated query or positive would be the other row's in-batch false negative
+    (sentence-transformers' ``NoDuplicatesBatchSampler`` avoids them too).
 
     Args:
         path: the JSONL file, read by ``read_mined_jsonl``: a corrupt line, a missing query,
@@ -82,6 +84,7 @@ class MinedSource(Source):
                 raise self._error(number, f"'scores' must be finite; got {row['scores']}.")
         self.has_scores = with_scores[0]
         self.name = self.path.name
+        self._groups = linked_groups([(row["query"].strip(), row["positive"].strip()) for row in self.rows])
 
     def _error(self, number: int, message: str) -> DataError:
         return DataError(f"MinedSource: {self.path} row {number} {message}")
@@ -94,11 +97,11 @@ class MinedSource(Source):
         record = {"text": row["query"], "positive": row["positive"], "negatives": list(row["negatives"])}
         if self.has_scores:
             record["scores"] = list(row["scores"])
-        record["group"] = row["query"]
+        record["group"] = self._groups[index]
         return record
 
     def group_keys(self) -> list[Hashable]:
-        return [row["query"] for row in self.rows]
+        return list(self._groups)
 
     def texts(self) -> list[str]:
         """Every query, positive and negative of the file (e.g. to train a tokenizer)."""
@@ -113,6 +116,24 @@ class MinedSource(Source):
                     f"has {len(row['negatives'])} negative(s), but {negatives} are used per row "
                     f"(data.negatives); mine more, drop such rows, or lower data.negatives.",
                 )
+
+
+def linked_groups(pairs: list[tuple[Hashable, Hashable]]) -> list[Hashable]:
+    """For each (query, positive) row, a key shared by every row it is linked to through an equal
+    query or positive (directly or through other rows): the connected components of a union-find.
+    Rows of one group must not share a batch, or a positive is another row's false negative."""
+    parent: dict[Hashable, Hashable] = {}
+
+    def root(key: Hashable) -> Hashable:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for query, positive in pairs:
+        parent[root(query)] = root(positive)
+    return [root(query) for query, _ in pairs]
 
 
 class MinedPairsDataset(torch.utils.data.Dataset):
