@@ -22,29 +22,30 @@ def _int_labels(*shape: int, high: int, seed: int) -> torch.Tensor:
     return torch.randint(0, high, shape, generator=g)
 
 
-def ref_rnc(z: torch.Tensor, y: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def ref_rnc(
+    z: torch.Tensor, y: torch.Tensor | None, temperature: float = 2.0, label_dist: torch.Tensor | None = None
+) -> torch.Tensor:
     """L = -1/(n(n-1)) sum_i sum_{j != i} [ s_ij/tau - LSE_{k != i, d_ik >= d_ij} s_ik/tau ].
 
-    s_ij = -||z_i - z_j||_2 on raw features, d_ij = ||y_i - y_j||_1; views stacked view-major
-    with labels repeated.
+    s_ij = -||z_i - z_j||_2 on raw features, d_ij = ||y_i - y_j||_1 or label_dist[i, j] of the
+    samples; views stacked view-major with labels (distances) repeated.
     """
-    y = y.to(torch.float64)
-    if y.dim() == 1:
-        y = y[:, None]
-    if z.dim() == 3:
-        v = z.shape[1]
-        feats = [z[i, vi] for vi in range(v) for i in range(z.shape[0])]
-        labs = [y[i] for _ in range(v) for i in range(z.shape[0])]
-    else:
-        feats = [z[i] for i in range(z.shape[0])]
-        labs = [y[i] for i in range(y.shape[0])]
+    n_samples = z.shape[0]
+    views = z.shape[1] if z.dim() == 3 else 1
+    feats = [z[i, v] if z.dim() == 3 else z[i] for v in range(views) for i in range(n_samples)]
+    sample = [i for _ in range(views) for i in range(n_samples)]
     n = len(feats)
 
     def s(i: int, j: int) -> torch.Tensor:
         return -(feats[i] - feats[j]).pow(2).sum().sqrt() / temperature
 
+    labels = None if y is None else y.to(torch.float64).reshape(n_samples, -1)
+
     def d(i: int, j: int) -> float:
-        return float((labs[i] - labs[j]).abs().sum())
+        a, b = sample[i], sample[j]
+        if label_dist is not None:
+            return float(label_dist[a, b])
+        return float((labels[a] - labels[b]).abs().sum())
 
     total = torch.zeros((), dtype=torch.float64)
     for i in range(n):
@@ -199,3 +200,54 @@ def test_large_integer_labels_stay_apart() -> None:
     big = torch.tensor([2**24, 2**24 + 1, 2**24 + 3])
     small = torch.tensor([0, 1, 3])
     torch.testing.assert_close(rank_n_contrast(z, big), rank_n_contrast(z, small), atol=0, rtol=0)
+
+
+def test_rnc_label_dist_from_labels_equals_y() -> None:
+    z = _raw(6, 2, 3, seed=22, requires_grad=False)
+    y = _int_labels(6, 2, high=4, seed=23)
+    label_dist = torch.cdist(y.double(), y.double(), p=1)
+    torch.testing.assert_close(
+        rank_n_contrast(z, label_dist=label_dist), rank_n_contrast(z, y), atol=0, rtol=0
+    )
+
+
+@pytest.mark.parametrize("views", [1, 2])
+def test_rnc_asymmetric_label_dist_matches_loop(views: int) -> None:
+    # Any real matrix orders each row: asymmetric, with ties and negative entries.
+    z = _raw(5, views, 3, seed=24) if views > 1 else _raw(5, 3, seed=24)
+    label_dist = _int_labels(5, 5, high=3, seed=25) - 1
+    assert_matches_reference(
+        lambda x: rank_n_contrast(x, temperature=1.0, label_dist=label_dist),
+        lambda x: ref_rnc(x, None, 1.0, label_dist=label_dist),
+        z,
+    )
+    zz = _raw(4, 2, seed=26)
+    assert torch.autograd.gradcheck(
+        lambda x: rank_n_contrast(x, label_dist=label_dist[:4, :4].double()), (zz,)
+    )
+
+
+def test_rnc_label_dist_diagonal_is_ignored() -> None:
+    z = _raw(5, 3, seed=27, requires_grad=False)
+    label_dist = _raw(5, 5, seed=28, requires_grad=False).abs()
+    other = label_dist.clone().fill_diagonal_(-7.0)
+    torch.testing.assert_close(
+        rank_n_contrast(z, label_dist=other), rank_n_contrast(z, label_dist=label_dist), atol=0, rtol=0
+    )
+
+
+def test_rnc_label_dist_bad_inputs_raise() -> None:
+    z = _raw(4, 3, seed=29, requires_grad=False)
+    good = torch.zeros(4, 4)
+    with pytest.raises(InputError, match="exactly one of 'y'"):
+        rank_n_contrast(z)
+    with pytest.raises(InputError, match="exactly one of 'y'"):
+        rank_n_contrast(z, torch.zeros(4), label_dist=good)
+    with pytest.raises(InputError, match=r"'label_dist' must have shape \(4, 4\)"):
+        rank_n_contrast(z, label_dist=torch.zeros(4, 5))
+    with pytest.raises(InputError, match="'label_dist'"):
+        rank_n_contrast(z, label_dist=good.bool())
+    bad = good.clone()
+    bad[0, 1] = float("inf")
+    with pytest.raises(InputError, match="'label_dist' contains 1 NaN/inf"):
+        rank_n_contrast(z, label_dist=bad)

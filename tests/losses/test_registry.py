@@ -28,6 +28,9 @@ EXPECTED = {
     "clip_extra_negatives": contrastkit.clip_loss_extra_negatives,
     "anchor_hinge": contrastkit.anchor_hinge,
     "multi_negative_info_nce": contrastkit.multi_negative_info_nce,
+    "hyperbolic_info_nce": contrastkit.hyperbolic_info_nce,
+    "decoupled_hyperbolic_supcon": contrastkit.decoupled_hyperbolic_supcon,
+    "group_rank_n_contrast": contrastkit.group_rank_n_contrast,
 }
 
 

@@ -14,10 +14,11 @@ from contrastkit.losses.crossmodal import (
     semi_push_pull_test,
 )
 from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
+from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon, hyperbolic_info_nce
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
 from contrastkit.losses.multimodal import multimodal_info_nce
 from contrastkit.losses.multineg import multi_negative_info_nce, split_embedding_similarity
-from contrastkit.losses.ranking import rank_n_contrast
+from contrastkit.losses.ranking import group_rank_n_contrast, rank_n_contrast, sample_per_group
 from contrastkit.losses.registry import LOSSES, get_loss
 from contrastkit.losses.regression import regression_clip_loss
 from contrastkit.losses.retrieval import margin_mse, mnrl
@@ -39,9 +40,12 @@ __all__ = [
     "cosine_alignment",
     "cross_modal_supcon",
     "dcl",
+    "decoupled_hyperbolic_supcon",
     "generalized_kl",
     "get_loss",
+    "group_rank_n_contrast",
     "hard_negative_info_nce",
+    "hyperbolic_info_nce",
     "info_nce",
     "margin_mse",
     "mark_no_weight_decay",
@@ -51,6 +55,7 @@ __all__ = [
     "nt_xent",
     "rank_n_contrast",
     "regression_clip_loss",
+    "sample_per_group",
     "semi_push_pull_condition",
     "semi_push_pull_test",
     "siglip_loss",

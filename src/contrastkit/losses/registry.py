@@ -9,9 +9,10 @@ from contrastkit.losses.alignment import cosine_alignment
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.crossmodal import cross_modal_supcon
 from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
+from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon, hyperbolic_info_nce
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
 from contrastkit.losses.multineg import multi_negative_info_nce
-from contrastkit.losses.ranking import rank_n_contrast
+from contrastkit.losses.ranking import group_rank_n_contrast, rank_n_contrast
 from contrastkit.losses.regression import regression_clip_loss
 from contrastkit.losses.retrieval import margin_mse, mnrl
 from contrastkit.losses.selfsup import dcl, nt_xent
@@ -38,6 +39,9 @@ LOSSES: dict[str, Callable[..., object]] = {
     "clip_extra_negatives": clip_loss_extra_negatives,
     "anchor_hinge": anchor_hinge,
     "multi_negative_info_nce": multi_negative_info_nce,
+    "hyperbolic_info_nce": hyperbolic_info_nce,
+    "decoupled_hyperbolic_supcon": decoupled_hyperbolic_supcon,
+    "group_rank_n_contrast": group_rank_n_contrast,
 }
 
 
