@@ -81,6 +81,18 @@ def load_beir(
             f"{available or 'none (no qrels/*.tsv)'}. Pass one of them as split=..."
         )
 
+    try:
+        return _read_layout(fn, corpus_path, queries_path, qrels_path)
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{fn}: a file of {folder} is not UTF-8 text ({err.reason} at byte {err.start}); BEIR files "
+            f"are UTF-8 JSON lines and TSV. Re-encode it (e.g. iconv -f latin1 -t utf-8)."
+        ) from None
+
+
+def _read_layout(
+    fn: str, corpus_path: Path, queries_path: Path, qrels_path: Path
+) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
     corpus = {
         str(d["_id"]): (str(d.get("title") or "") + " " + str(d.get("text") or "")).strip()
         for d in _read_jsonl(corpus_path)
