@@ -278,3 +278,24 @@ def test_geoopt_riemannian_adam_step_on_ball_points() -> None:
         opt.step()
     ball.check_point("test", "point", point.detach())
     assert float(ball.dist(point.detach(), target).sum()) < before - 0.5
+
+
+@pytest.mark.parametrize("cls", [PoincareBall, Lorentz])
+def test_large_and_tiny_curvatures_start_exactly(cls) -> None:
+    # theta0 = softplus^-1(c - 1e-4) without exp(c - 1e-4): no OverflowError for c > 710
+    for c in (1000.0, 50.0, 1e-4 + 1e-8):
+        manifold = cls(c, learnable=True)
+        assert math.isclose(float(manifold.c.detach()), c, rel_tol=1e-9)
+
+
+def test_poincare_pairwise_dist_of_close_points_near_the_boundary_is_accurate_in_float32() -> None:
+    # ||x - y||^2 by cdist, not ||x||^2 + ||y||^2 - 2<x, y> (which cancels to ~1e-7 absolute and,
+    # divided by (1 - ||x||^2)(1 - ||y||^2) ~ 1e-4, put errors of several % into d ~ 0.2)
+    ball = PoincareBall(1.0).double()
+    v = _tangent(8, 8, seed=25)
+    v = 3.0 * v / v.norm(dim=-1, keepdim=True)  # ||x|| = tanh(3) = 0.995, inside the float32 radius
+    x = ball.expmap0(v).float()
+    y = ball.expmap0(v + 0.002 * _tangent(8, 8, seed=26)).float()
+    want = ball.dist(x.double(), y.double())  # the exact distance of the float32 points
+    got = ball.float().pairwise_dist(x, y).diag()
+    torch.testing.assert_close(got.double(), want, rtol=2e-3, atol=0)

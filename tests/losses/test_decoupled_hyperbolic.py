@@ -235,6 +235,7 @@ def test_no_radial_pair_raises() -> None:
         (dict(radial_mode="margin", intensity=torch.rand(7)), "'intensity' must have 8 rows"),
         (dict(radial_mode="margin", intensity=torch.rand(8, 1)), "'intensity' must have shape"),
         (dict(radial_mode="margin", intensity=torch.rand(8), margin=-0.1), "'margin'"),
+        (dict(margin=-0.1), "'margin' must be finite and >= 0"),  # checked in "consistency" too
         (dict(manifold=Lorentz()), "'manifold' must be a contrastkit.geometry PoincareBall"),
     ],
 )

@@ -224,6 +224,11 @@ def _bad_calls():
         ),
         (lambda: grnc(f4, f3, g4, g3, DIST.to("meta")), "one device.*'group_dist' on meta"),
         (lambda: sample_per_group(torch.zeros(2, 2, dtype=torch.long), 3), "'groups' must have shape"),
+        (
+            lambda: grnc(f4, f3, g4, g3, DIST, generator=3),
+            "group_rank_n_contrast: argument 'generator' must be",
+        ),
+        (lambda: sample_per_group(g4, 2, "seed"), "sample_per_group: argument 'generator' must be"),
     ]
 
 

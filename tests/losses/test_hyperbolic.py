@@ -165,3 +165,13 @@ def test_errors() -> None:
         hyperbolic_info_nce(u, u, ball, symmetric="no")
     with pytest.raises(InputError, match="at least one negative"):
         hyperbolic_info_nce(u[:1], u[:1], ball)
+
+
+@pytest.mark.parametrize("make", [PoincareBall, Euclidean], ids=["poincare", "euclid"])
+def test_mixed_float64_and_float32_inputs_compute_in_float64(make) -> None:
+    manifold = make()
+    u = manifold.expmap0(_tangent(5, 3, seed=8, scale=0.5)).detach()
+    w = manifold.expmap0(_tangent(5, 3, seed=9, scale=0.5)).detach().float()
+    got = hyperbolic_info_nce(u, w, manifold)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, hyperbolic_info_nce(u, w.double(), manifold), rtol=1e-12, atol=0)

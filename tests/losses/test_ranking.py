@@ -251,3 +251,15 @@ def test_rnc_label_dist_bad_inputs_raise() -> None:
     bad[0, 1] = float("inf")
     with pytest.raises(InputError, match="'label_dist' contains 1 NaN/inf"):
         rank_n_contrast(z, label_dist=bad)
+
+
+def test_rnc_label_dist_diagonal_is_the_distance_between_views_of_one_sample() -> None:
+    # With V > 1 views, label_dist[i, i] orders the pair (view 1 of i, view 2 of i): not ignored.
+    z = _raw(5, 2, 3, seed=30, requires_grad=False)
+    label_dist = _raw(5, 5, seed=31, requires_grad=False).abs()
+    far = label_dist.clone().fill_diagonal_(7.0)
+    torch.testing.assert_close(rank_n_contrast(z, label_dist=far), ref_rnc(z, None, label_dist=far))
+    assert (
+        abs(rank_n_contrast(z, label_dist=far).item() - rank_n_contrast(z, label_dist=label_dist).item())
+        > 1e-3
+    )

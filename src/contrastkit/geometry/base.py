@@ -63,7 +63,9 @@ class CurvedManifold(Manifold):
                 f"{fn}: argument 'c' (the curvature magnitude, curvature = -c) must be a float > "
                 f"{MIN_CURVATURE}; got {c!r}."
             )
-        theta0 = torch.tensor(math.log(math.expm1(float(c) - MIN_CURVATURE)), dtype=torch.float64)
+        excess = float(c) - MIN_CURVATURE  # theta0 = softplus^-1(excess); exp(excess) overflows past 709
+        inverse = math.log(math.expm1(excess)) if excess < 50 else excess + math.log1p(-math.exp(-excess))
+        theta0 = torch.tensor(inverse, dtype=torch.float64)
         if learnable:
             self.theta = nn.Parameter(theta0)
         else:

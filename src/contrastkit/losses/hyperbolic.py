@@ -73,7 +73,8 @@ def hyperbolic_info_nce(
     manifold.check_point(fn, "w", w)
     batch = u.shape[0]
     check_has_negatives(fn, batch, f"the batch holds {batch} pair")
-    logits = -manifold.pairwise_dist(u, w) / temperature
+    dtype = compute_dtype(u, w)
+    logits = -manifold.pairwise_dist(u.to(dtype), w.to(dtype)) / temperature
     positive = torch.eye(batch, dtype=torch.bool, device=logits.device)
     forward = reduce_anchor_losses(fn, *multi_positive_cross_entropy(logits, positive))
     if not symmetric:
@@ -139,6 +140,7 @@ def decoupled_hyperbolic_supcon(
     tau_ang = check_temperature(fn, "tau_ang", tau_ang)
     lambda_rad = check_scalar(fn, "lambda_rad", lambda_rad, minimum=0.0)
     radial_mode = check_choice(fn, "radial_mode", radial_mode, RADIAL_MODES)
+    margin = check_scalar(fn, "margin", margin, minimum=0.0)
     if radial_mode == "margin":
         if intensity is None:
             raise InputError(
@@ -146,7 +148,6 @@ def decoupled_hyperbolic_supcon(
                 f"floats, or use radial_mode='consistency'."
             )
         intensity = check_embeddings(fn, "intensity", intensity, shape="(N,)", ndims=(1,), rows=n)
-        margin = check_scalar(fn, "margin", margin, minimum=0.0)
     elif intensity is not None:
         raise InputError(
             f"{fn}: 'intensity' is used by radial_mode='margin' only; drop it or set radial_mode='margin'."
