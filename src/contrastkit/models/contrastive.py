@@ -15,6 +15,24 @@ from contrastkit.models._inputs import check_number, check_positive_int
 from contrastkit.models.heads import ProjectionHead
 
 RESERVED_KEYS = ("label", "group", "index")
+TOKENS_SUFFIX = ".tokens"
+
+
+def tokens_key(modality: str) -> str:
+    """The key of a modality's token embeddings in ``ContrastiveModel.forward(..., tokens=True)``
+    (modality names never hold a '.', so it cannot clash with one)."""
+    return modality + TOKENS_SUFFIX
+
+
+def _check_token_towers(fn: str, towers: Mapping[str, nn.Module]) -> None:
+    for name, tower in towers.items():
+        dim = getattr(tower, "token_dim", None)
+        if not callable(getattr(tower, "forward_with_tokens", None)) or not isinstance(dim, int):
+            raise InputError(
+                f"{fn}: token_heads=True needs towers that expose their tokens (a 'forward_with_tokens' "
+                f"method and an int 'token_dim', as SeriesPatchTransformer); tower {name!r} "
+                f"({type(tower).__name__}) has none. Use type series_patch or set token_heads false."
+            )
 
 
 def _check_towers(fn: str, towers: object) -> dict[str, nn.Module]:
@@ -112,8 +130,11 @@ class ContrastiveModel(nn.Module):
         frozen: modalities whose tower is locked (LiT): no gradient, kept in eval mode even under
             ``.train()``. Their projection head stays trainable; pass projection={m: "none"} (with
             embed_dim equal to the tower's output_dim) to lock the whole branch.
+        token_heads: also map every tower's per-step tokens (``forward_with_tokens``) into the
+            embedding space, each modality with its own linear token head (MoBind's token loss).
 
-    Shapes: ``encode(m, batch_m)`` -> (B, embed_dim); ``forward(batch)`` -> {m: (B, embed_dim)}.
+    Shapes: ``encode(m, batch_m)`` -> (B, embed_dim); ``forward(batch)`` -> {m: (B, embed_dim)};
+    ``forward(batch, tokens=True)`` adds {m + ".tokens": (B, N, embed_dim)}.
 
     Example:
         >>> model = ContrastiveModel({"image": ImageCNN(width=8), "text": TextTransformer(1000, dim=64)})
@@ -131,10 +152,13 @@ class ContrastiveModel(nn.Module):
         learn_scale: bool = True,
         init_bias: float | None = None,
         frozen: Iterable[str] = (),
+        token_heads: bool = False,
     ) -> None:
         super().__init__()
         fn = "ContrastiveModel"
         towers = _check_towers(fn, towers)
+        if check_flag(fn, "token_heads", token_heads):
+            _check_token_towers(fn, towers)
         self.embed_dim = check_positive_int(fn, "embed_dim", embed_dim)
         tau = check_temperature(fn, "init_temperature", init_temperature)
         max_scale = check_number(fn, "max_scale", max_scale, minimum=1.0)
@@ -157,6 +181,11 @@ class ContrastiveModel(nn.Module):
         self.towers = nn.ModuleDict(towers)
         self.heads = nn.ModuleDict(
             {m: ProjectionHead(t.output_dim, embed_dim, **options[m]) for m, t in towers.items()}
+        )
+        self.token_heads = (
+            nn.ModuleDict({m: ProjectionHead(t.token_dim, embed_dim) for m, t in towers.items()})
+            if token_heads
+            else None
         )
         self.logit_scale = LogitScale(1.0 / tau, max_scale=max_scale, learnable=learn_scale)
         self.logit_bias: nn.Parameter | None = None
@@ -186,11 +215,33 @@ class ContrastiveModel(nn.Module):
     def encode(self, modality: str, batch: Any, normalize: bool = True) -> torch.Tensor:
         """Embed one modality's batch: (B, embed_dim), unit rows when ``normalize``."""
         fn = "ContrastiveModel.encode"
-        if modality not in self.towers:
-            raise InputError(f"{fn}: unknown modality {modality!r}; the model has {list(self.modalities)}.")
+        self._check_modality(fn, modality)
         check_flag(fn, "normalize", normalize)
         tower = self.towers[modality]
-        features = tower(batch)
+        z = self.heads[modality](self._check_features(fn, modality, tower(batch)))
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_with_tokens(
+        self, modality: str, batch: Any, normalize: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One tower pass -> (B, embed_dim) embedding and (B, N, embed_dim) token embeddings
+        (each token through the modality's token head; unit rows when ``normalize``)."""
+        fn = "ContrastiveModel.encode_with_tokens"
+        self._check_modality(fn, modality)
+        check_flag(fn, "normalize", normalize)
+        if self.token_heads is None:
+            raise InputError(f"{fn}: the model was built without token heads; pass token_heads=True.")
+        features, tokens = self.towers[modality].forward_with_tokens(batch)
+        z = self.heads[modality](self._check_features(fn, modality, features))
+        t = self.token_heads[modality](tokens)
+        return (F.normalize(z, dim=-1), F.normalize(t, dim=-1)) if normalize else (z, t)
+
+    def _check_modality(self, fn: str, modality: str) -> None:
+        if modality not in self.towers:
+            raise InputError(f"{fn}: unknown modality {modality!r}; the model has {list(self.modalities)}.")
+
+    def _check_features(self, fn: str, modality: str, features: Any) -> torch.Tensor:
+        tower = self.towers[modality]
         if (
             not isinstance(features, torch.Tensor)
             or not features.is_floating_point()
@@ -206,18 +257,22 @@ class ContrastiveModel(nn.Module):
                 f"{fn}: tower {modality!r} ({type(tower).__name__}) must return a float (B, "
                 f"{tower.output_dim}) tensor (its output_dim); got {got}."
             )
-        z = self.heads[modality](features)
-        return F.normalize(z, dim=-1) if normalize else z
+        return features
 
     def forward(
-        self, batch: Mapping[str, Any], normalize: bool = True, aliases: Mapping[str, str] | None = None
+        self,
+        batch: Mapping[str, Any],
+        normalize: bool = True,
+        aliases: Mapping[str, str] | None = None,
+        tokens: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Embed every modality of the model present in ``batch`` -> {modality: (B, embed_dim)}.
 
         Other keys ("label", "group", "index", modalities of other models) are ignored; the
         embedded modalities must share the batch size B (their rows are paired). ``aliases`` maps
         further batch keys to the tower that embeds them (``{"text2": "text"}``: a second caption
-        per image, in the same forward pass).
+        per image, in the same forward pass). ``tokens=True`` (a model with token heads) adds each
+        modality's token embeddings (B, N, embed_dim) under ``tokens_key(modality)``.
         """
         fn = "ContrastiveModel.forward"
         if not isinstance(batch, Mapping):
@@ -235,7 +290,12 @@ class ContrastiveModel(nn.Module):
                     f"the batch has {sorted(map(str, batch))}, the model {list(self.modalities)}."
                 )
             towers[key] = tower
-        out = {key: self.encode(tower, batch[key], normalize=normalize) for key, tower in towers.items()}
+        if check_flag(fn, "tokens", tokens):
+            out = {}
+            for key, tower in towers.items():
+                out[key], out[tokens_key(key)] = self.encode_with_tokens(tower, batch[key], normalize)
+        else:
+            out = {key: self.encode(tower, batch[key], normalize=normalize) for key, tower in towers.items()}
         sizes = {m: z.shape[0] for m, z in out.items()}
         if len(set(sizes.values())) > 1:
             raise InputError(f"{fn}: the modalities of one batch must have the same size B; got {sizes}.")
@@ -262,4 +322,5 @@ class ContrastiveModel(nn.Module):
     def extra_repr(self) -> str:
         bias = "none" if self.logit_bias is None else f"{float(self.logit_bias.detach()):.4g}"
         frozen = f", frozen={list(self.frozen)}" if self.frozen else ""
-        return f"modalities={list(self.modalities)}, embed_dim={self.embed_dim}, bias={bias}{frozen}"
+        tokens = ", token_heads=True" if self.token_heads is not None else ""
+        return f"modalities={list(self.modalities)}, embed_dim={self.embed_dim}, bias={bias}{frozen}{tokens}"

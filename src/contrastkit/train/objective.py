@@ -19,7 +19,9 @@ import torch
 
 from contrastkit.distributed import agreement, is_active
 from contrastkit.losses import get_loss
+from contrastkit.losses.tokens import token_info_nce
 from contrastkit.models import ContrastiveModel
+from contrastkit.models.contrastive import tokens_key
 from contrastkit.train.config import Config, ConfigError
 from contrastkit.train.pipeline import SECOND_CAPTION
 from contrastkit.train.retrieval import RETRIEVAL, retrieval_objective
@@ -58,6 +60,11 @@ def build_objective(
         raise ConfigError(
             f"loss.name: {name!r} is not a training objective of the trainer; choose one of "
             f"{', '.join(sorted(TRAINABLE))}."
+        )
+    if config.loss.token_weight and ("mined" in config.data.train or name in TEACHER | LABELLED):
+        raise ConfigError(
+            f"loss.token_weight: the token loss is added to a pair loss over two token towers; {name}"
+            f"{' on mined rows' if 'mined' in config.data.train else ''} has no such pair."
         )
     if "mined" in config.data.train:
         return retrieval_objective(config, model, _check_options)
@@ -126,9 +133,36 @@ def build_objective(
                 f"model and loss clip or siglip; got towers {list(modalities)} and loss {name}."
             )
         objective = _with_second_caption(objective)
-    objective.uses_scale = name in SCALED | SCALED_WITH_BIAS  # type: ignore[attr-defined]
+    uses_tokens = bool(config.loss.token_weight)
+    if uses_tokens:
+        objective = _with_tokens(objective, config.loss.token_weight, model)
+    objective.uses_scale = uses_tokens or name in SCALED | SCALED_WITH_BIAS  # type: ignore[attr-defined]
+    objective.uses_tokens = uses_tokens  # type: ignore[attr-defined]
     objective.normalize = True  # type: ignore[attr-defined]
     return objective
+
+
+def _with_tokens(
+    objective: Callable[..., torch.Tensor], weight: float, model: ContrastiveModel
+) -> Callable[..., torch.Tensor]:
+    """MoBind's hierarchical objective: L = L_global + w * token_info_nce(T_a, T_b, s), with s the
+    model's scale and T_m the unit token embeddings the trainer adds under ``tokens_key(m)``.
+
+    The token loss contrasts steps within each sample, so under torchrun every rank's share is
+    its own rows (exact for equal slices) and GradCache's cached (B, N, D) tokens are exact."""
+    modalities = model.modalities
+    if len(modalities) != 2 or model.token_heads is None:
+        raise ConfigError(
+            f"loss.token_weight: the token loss pairs the tokens of two modalities of a model with "
+            f"token heads; got towers {list(modalities)}, token_heads {model.token_heads is not None}."
+        )
+    first, second = (tokens_key(m) for m in modalities)
+
+    def with_tokens(embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        token = token_info_nce(embeddings[first], embeddings[second], model.scale())
+        return objective(embeddings, batch) + weight * token
+
+    return with_tokens
 
 
 def _with_second_caption(objective: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

@@ -179,7 +179,9 @@ class Trainer:
         inputs = flatten_views(batch, self.model.modalities)
         with self._autocast():  # one forward (one DDP forward) for every text of the batch
             normalize = getattr(self.objective, "normalize", True)  # margin_mse: raw dot products
-            return self.parallel_model(inputs, normalize=normalize, aliases=text_aliases(inputs))
+            # loss.token_weight: the towers' tokens too, from the same forward
+            tokens = {"tokens": True} if getattr(self.objective, "uses_tokens", False) else {}
+            return self.parallel_model(inputs, normalize=normalize, aliases=text_aliases(inputs), **tokens)
 
     def _batch(self) -> tuple[dict[str, Any], list[int]]:
         """The next usable batch on the device, and every rank's rows of the global batch.
