@@ -31,6 +31,10 @@ EXPECTED = {
     "hyperbolic_info_nce": contrastkit.hyperbolic_info_nce,
     "decoupled_hyperbolic_supcon": contrastkit.decoupled_hyperbolic_supcon,
     "group_rank_n_contrast": contrastkit.group_rank_n_contrast,
+    "token_info_nce": contrastkit.token_info_nce,
+    "multi_positive_info_nce": contrastkit.multi_positive_info_nce,
+    "pixel_supcon": contrastkit.pixel_supcon,
+    "prototype_info_nce": contrastkit.prototype_info_nce,
 }
 
 

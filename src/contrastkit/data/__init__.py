@@ -31,6 +31,7 @@ from contrastkit.data.samplers import (
     NoDuplicatesBatchSampler,
     split_rows,
 )
+from contrastkit.data.segments import find_segments
 from contrastkit.data.selfaug import SelfAugmented, SelfAugmentedNegatives, change_statistics
 from contrastkit.data.shapes import ShapesSource
 from contrastkit.data.shards import ShardSource, expand_shard_urls
@@ -72,6 +73,7 @@ __all__ = [
     "debias_caption",
     "default_data_root",
     "expand_shard_urls",
+    "find_segments",
     "get_source",
     "load_beir",
     "load_image",

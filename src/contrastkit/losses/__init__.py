@@ -6,6 +6,7 @@ similarity (nt_xent, dcl, mnrl, cosine_alignment). A ``scale`` is multiplicative
 """
 
 from contrastkit.losses.alignment import cosine_alignment
+from contrastkit.losses.anomaly import AnomalyWindowLoss, anomaly_window_info_nce
 from contrastkit.losses.clip import CLIPLoss, clip_loss
 from contrastkit.losses.crossmodal import (
     SemiPushPullTest,
@@ -18,6 +19,7 @@ from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon, hyperboli
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
 from contrastkit.losses.multimodal import multimodal_info_nce
 from contrastkit.losses.multineg import multi_negative_info_nce, split_embedding_similarity
+from contrastkit.losses.pixel import PixelMemory, pixel_supcon, prototype_info_nce, sample_pixels_per_class
 from contrastkit.losses.ranking import group_rank_n_contrast, rank_n_contrast, sample_per_group
 from contrastkit.losses.registry import LOSSES, get_loss
 from contrastkit.losses.regression import regression_clip_loss
@@ -26,15 +28,19 @@ from contrastkit.losses.scale import LogitScale, mark_no_weight_decay
 from contrastkit.losses.selfsup import dcl, nt_xent
 from contrastkit.losses.sigmoid import SigLIPLoss, siglip_loss
 from contrastkit.losses.supervised import supcon
+from contrastkit.losses.tokens import multi_positive_info_nce, token_info_nce
 from contrastkit.losses.transport import generalized_kl, sigrot_hybrid_loss, sigrot_loss
 
 __all__ = [
+    "AnomalyWindowLoss",
     "CLIPLoss",
     "LOSSES",
     "LogitScale",
+    "PixelMemory",
     "SemiPushPullTest",
     "SigLIPLoss",
     "anchor_hinge",
+    "anomaly_window_info_nce",
     "clip_loss",
     "clip_loss_extra_negatives",
     "cosine_alignment",
@@ -51,11 +57,15 @@ __all__ = [
     "mark_no_weight_decay",
     "mnrl",
     "multi_negative_info_nce",
+    "multi_positive_info_nce",
     "multimodal_info_nce",
     "nt_xent",
+    "pixel_supcon",
+    "prototype_info_nce",
     "rank_n_contrast",
     "regression_clip_loss",
     "sample_per_group",
+    "sample_pixels_per_class",
     "semi_push_pull_condition",
     "semi_push_pull_test",
     "siglip_loss",
@@ -63,4 +73,5 @@ __all__ = [
     "sigrot_loss",
     "split_embedding_similarity",
     "supcon",
+    "token_info_nce",
 ]

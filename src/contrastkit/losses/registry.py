@@ -12,12 +12,14 @@ from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
 from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon, hyperbolic_info_nce
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
 from contrastkit.losses.multineg import multi_negative_info_nce
+from contrastkit.losses.pixel import pixel_supcon, prototype_info_nce
 from contrastkit.losses.ranking import group_rank_n_contrast, rank_n_contrast
 from contrastkit.losses.regression import regression_clip_loss
 from contrastkit.losses.retrieval import margin_mse, mnrl
 from contrastkit.losses.selfsup import dcl, nt_xent
 from contrastkit.losses.sigmoid import siglip_loss
 from contrastkit.losses.supervised import supcon
+from contrastkit.losses.tokens import multi_positive_info_nce, token_info_nce
 from contrastkit.losses.transport import sigrot_hybrid_loss, sigrot_loss
 
 LOSSES: dict[str, Callable[..., object]] = {
@@ -42,6 +44,10 @@ LOSSES: dict[str, Callable[..., object]] = {
     "hyperbolic_info_nce": hyperbolic_info_nce,
     "decoupled_hyperbolic_supcon": decoupled_hyperbolic_supcon,
     "group_rank_n_contrast": group_rank_n_contrast,
+    "token_info_nce": token_info_nce,
+    "multi_positive_info_nce": multi_positive_info_nce,
+    "pixel_supcon": pixel_supcon,
+    "prototype_info_nce": prototype_info_nce,
 }
 
 

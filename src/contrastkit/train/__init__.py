@@ -10,6 +10,7 @@ from contrastkit.train.auxiliary import AuxiliaryLosses, AuxLoss
 from contrastkit.train.checkpoint import CheckpointError, load_checkpoint, restore, save_checkpoint
 from contrastkit.train.config import Config, ConfigError, load_config
 from contrastkit.train.gradcache import RandomState, gradcache_step, split_batch
+from contrastkit.train.mean_teacher import MeanTeacher, pseudo_labels
 from contrastkit.train.trainer import Trainer, TrainingError, train
 from contrastkit.train.twostep import TwoStepConditionalStep, TwoStepStats
 
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "Config",
     "ConfigError",
+    "MeanTeacher",
     "RandomState",
     "Trainer",
     "TrainingError",
@@ -27,6 +29,7 @@ __all__ = [
     "gradcache_step",
     "load_checkpoint",
     "load_config",
+    "pseudo_labels",
     "restore",
     "save_checkpoint",
     "split_batch",
