@@ -35,6 +35,7 @@ EXPECTED = {
     "multi_positive_info_nce": contrastkit.multi_positive_info_nce,
     "pixel_supcon": contrastkit.pixel_supcon,
     "prototype_info_nce": contrastkit.prototype_info_nce,
+    "dense_info_nce": contrastkit.dense_info_nce,
 }
 
 

@@ -15,6 +15,7 @@ from contrastkit.losses.crossmodal import (
     semi_push_pull_test,
 )
 from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
+from contrastkit.losses.dense import WeightedMultiLevelContrast, channel_dropout, dense_info_nce
 from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon, hyperbolic_info_nce
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
 from contrastkit.losses.multimodal import multimodal_info_nce
@@ -39,14 +40,17 @@ __all__ = [
     "PixelMemory",
     "SemiPushPullTest",
     "SigLIPLoss",
+    "WeightedMultiLevelContrast",
     "anchor_hinge",
     "anomaly_window_info_nce",
     "clip_loss",
+    "channel_dropout",
     "clip_loss_extra_negatives",
     "cosine_alignment",
     "cross_modal_supcon",
     "dcl",
     "decoupled_hyperbolic_supcon",
+    "dense_info_nce",
     "generalized_kl",
     "get_loss",
     "group_rank_n_contrast",

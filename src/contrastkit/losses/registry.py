@@ -9,6 +9,7 @@ from contrastkit.losses.alignment import cosine_alignment
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.crossmodal import cross_modal_supcon
 from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
+from contrastkit.losses.dense import dense_info_nce
 from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon, hyperbolic_info_nce
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
 from contrastkit.losses.multineg import multi_negative_info_nce
@@ -48,6 +49,7 @@ LOSSES: dict[str, Callable[..., object]] = {
     "multi_positive_info_nce": multi_positive_info_nce,
     "pixel_supcon": pixel_supcon,
     "prototype_info_nce": prototype_info_nce,
+    "dense_info_nce": dense_info_nce,
 }
 
 
