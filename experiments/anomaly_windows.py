@@ -20,8 +20,9 @@ Setup (the check METHODS asks for, on the real series this machine has):
   dilated convolutions over patches, GELU) and a projection MLP 32 -> 32 -> 16 (GELU,
   L2-normalised) for AWCL; the anomaly head is a linear map of both views' patch tokens
   to one logit per patch, trained with BCE on patch labels (a patch is anomalous if any point is).
-- Arms (same seeds and batches): BCE alone (L_AD), and L_AD + 0.1 AWCL (tau 0.1, 10 background
-  windows, 50 tries). Adam lr 2e-3, batch 32.
+- Arms (same seeds and initialisation; the AWCL arm draws its background windows from the batch
+  generator, so the batches differ after the first step): BCE alone (L_AD), and L_AD + 0.1 AWCL
+  (tau 0.1, 10 background windows, 50 tries). Adam lr 2e-3, batch 32.
 - Metrics on the test windows, the patch probability given to each of its points: point F1 at
   threshold 0.5; onset error = |first flagged point in [s - 8, e) - s| per true anomaly [s, e)
   (a missed anomaly counts as e - s + 8), in points, mean over anomalies; and the share of

@@ -149,6 +149,7 @@ def test_dense_info_nce_float32_and_bf16() -> None:
         (lambda f: dense_info_nce(f[:, :, :1, :1], f[:, :, :1, :1], negatives="image"), "negative"),
         (lambda f: dense_info_nce(f[:1, :, :1, :1], f[:1, :, :1, :1]), "negative"),
         (lambda f: dense_info_nce(f.long(), f.long()), "floating"),
+        (lambda f: dense_info_nce(f, f, max_locations=2, generator=0), "torch.Generator"),
     ],
 )
 def test_dense_info_nce_errors(call, match: str) -> None:
@@ -197,6 +198,8 @@ def test_channel_dropout_errors() -> None:
         channel_dropout(torch.randn(2, 3, 4), 1.0)
     with pytest.raises(InputError, match="features"):
         channel_dropout(torch.randn(2, 3), 0.2)
+    with pytest.raises(InputError, match="channel_dropout: argument 'generator' must be a torch.Generator"):
+        channel_dropout(torch.randn(2, 3, 4), 0.2, generator=0)
     with pytest.raises(InputError, match="channel_dropout_p"):
         WeightedMultiLevelContrast(dense_info_nce, channel_dropout_p=-0.1)
 

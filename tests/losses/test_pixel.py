@@ -338,6 +338,12 @@ def test_pixel_supcon_one_class_raises() -> None:
             "dim 5",
         ),
         (torch.randn(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), {"memory": [1]}, "PixelMemory"),
+        (
+            torch.randn(1, 3, 2, 2),
+            torch.zeros(1, 2, 2, dtype=torch.long),
+            {"generator": 0},
+            "torch.Generator",
+        ),
     ],
 )
 def test_pixel_supcon_bad_inputs_raise(features, labels, kwargs, match) -> None:
@@ -481,3 +487,10 @@ def test_uint8_label_maps_give_the_same_losses() -> None:
         prototype_info_nce(feat_s, small_s, feat_t, small_t, 3),
         prototype_info_nce(feat_s, labels_s, feat_t, labels_t, 3),
     )
+
+
+def test_sampler_refuses_float_labels() -> None:
+    with pytest.raises(
+        InputError, match="sample_pixels_per_class: argument 'labels' must hold integer class ids"
+    ):
+        sample_pixels_per_class(torch.zeros(2, 3))

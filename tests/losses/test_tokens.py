@@ -164,6 +164,8 @@ def test_multi_positive_detaches_the_anchor_by_default():
     torch.testing.assert_close(loss, reference_multi(anchor, candidates, 5.0).detach(), rtol=1e-6, atol=0)
     loss.backward()
     assert anchor.grad is None and candidates.grad is not None and candidates.grad.abs().sum() > 0
+    (want,) = torch.autograd.grad(reference_multi(anchor.detach(), candidates, 5.0), candidates)
+    torch.testing.assert_close(candidates.grad, want, rtol=1e-6, atol=1e-12)
 
 
 def test_multi_positive_count_normalisation_and_gradcheck():

@@ -140,3 +140,49 @@ def test_token_option_errors():
     config = load_config(None, [*TOKEN_RUN[:2], "loss.name=supcon"])
     with pytest.raises(ConfigError, match="loss.token_weight"):
         build_objective(config, build_model(config.model))
+
+
+def uneven_ranks_task(rank, world, sizes):
+    """Rank r: the objective on its rows of one global batch, gradients averaged as DDP does;
+    next to the single-process gradient of global + 0.5 * token on the whole batch."""
+    import torch.distributed as dist
+
+    config = load_config(None, TOKEN_RUN[:2])
+    torch.manual_seed(0)
+    model = build_model(config.model).double()
+    reference = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(3)
+    batch = {m: torch.randn(sum(sizes), 3, 16, generator=g, dtype=torch.float64) for m in ("accel", "gyro")}
+    rows = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+    objective = build_objective(config, model)
+    local = {m: x[rows] for m, x in batch.items()}
+    objective(model(local, tokens=True), local).backward()
+    for p in model.parameters():
+        dist.all_reduce(p.grad)
+        p.grad /= world
+    z = reference(batch, tokens=True)
+    scale = reference.scale()
+    want = clip_loss(z["accel"], z["gyro"], scale) + 0.5 * token_info_nce(
+        z[tokens_key("accel")], z[tokens_key("gyro")], scale
+    )
+    want.backward()
+    return [
+        (n, p.grad.numpy(), q.grad.numpy())
+        for (n, p), q in zip(model.named_parameters(), reference.parameters(), strict=True)
+    ]
+
+
+def test_token_weight_is_exact_on_uneven_torchrun_slices(pool):
+    import numpy as np
+
+    for name, got, want in pool.run(uneven_ranks_task, (2, 5))[0]:
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_tokens_of_the_wrong_shape_are_named():
+    tower = SeriesPatchTransformer(3, patch_size=4, dim=16, depth=1, heads=2, max_patches=8)
+    model = ContrastiveModel({"a": tower}, embed_dim=8, token_heads=True)
+    pooled_and_tokens = tower.forward_with_tokens
+    tower.forward_with_tokens = lambda x: (pooled_and_tokens(x)[0], pooled_and_tokens(x)[1][..., :5])
+    with pytest.raises(InputError, match=r"must return float \(B, N, 16\) tokens"):
+        model.encode_with_tokens("a", torch.randn(2, 3, 8))

@@ -127,8 +127,11 @@ def sample_pixels_per_class(
     """
     fn = "sample_pixels_per_class"
     labels = check_tensor(fn, "labels", labels, floating=False)
+    labels = _check_label_map(fn, "labels", labels, tuple(labels.shape))  # integer ids, any shape
     per_class = _check_int(fn, "per_class", per_class, 1)
     ignore_index = _check_int(fn, "ignore_index", ignore_index)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputError(f"{fn}: argument 'generator' must be a torch.Generator or None; got {generator!r}.")
     flat = labels.reshape(-1)
     draw_device = generator.device if generator is not None else torch.device("cpu")
     chosen = []

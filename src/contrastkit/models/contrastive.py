@@ -231,8 +231,23 @@ class ContrastiveModel(nn.Module):
         check_flag(fn, "normalize", normalize)
         if self.token_heads is None:
             raise InputError(f"{fn}: the model was built without token heads; pass token_heads=True.")
-        features, tokens = self.towers[modality].forward_with_tokens(batch)
+        tower = self.towers[modality]
+        features, tokens = tower.forward_with_tokens(batch)
         z = self.heads[modality](self._check_features(fn, modality, features))
+        if (
+            not isinstance(tokens, torch.Tensor)
+            or not tokens.is_floating_point()
+            or tokens.dim() != 3
+            or tokens.shape[0] != z.shape[0]
+            or tokens.shape[2] != tower.token_dim
+        ):
+            got = (
+                f"shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            )
+            raise InputError(
+                f"{fn}: tower {modality!r} ({type(tower).__name__}) must return float (B, N, "
+                f"{tower.token_dim}) tokens (its token_dim) from forward_with_tokens; got {got}."
+            )
         t = self.token_heads[modality](tokens)
         return (F.normalize(z, dim=-1), F.normalize(t, dim=-1)) if normalize else (z, t)
 

@@ -148,8 +148,9 @@ def _with_tokens(
     """MoBind's hierarchical objective: L = L_global + w * token_info_nce(T_a, T_b, s), with s the
     model's scale and T_m the unit token embeddings the trainer adds under ``tokens_key(m)``.
 
-    The token loss contrasts steps within each sample, so under torchrun every rank's share is
-    its own rows (exact for equal slices) and GradCache's cached (B, N, D) tokens are exact."""
+    The token loss contrasts steps within each sample, so GradCache's cached (B, N, D) tokens are
+    exact, and under torchrun each rank adds its rows' share W * S_r / (B N) of the global mean
+    (exact after DDP's averaging, uneven slices included)."""
     modalities = model.modalities
     if len(modalities) != 2 or model.token_heads is None:
         raise ConfigError(
@@ -158,9 +159,17 @@ def _with_tokens(
         )
     first, second = (tokens_key(m) for m in modalities)
 
+    def token_loss(a_tokens: torch.Tensor, b_tokens: torch.Tensor) -> torch.Tensor:
+        if not is_active():
+            return token_info_nce(a_tokens, b_tokens, model.scale())
+        with agreement("loss.token_weight", "local") as agreed:
+            agreed.batch = a_tokens
+            per_row = token_info_nce(a_tokens, b_tokens, model.scale(), reduction="none")  # (2, B, N)
+        layout = agreed.layout
+        return 0.5 * layout.share("loss.token_weight", per_row.sum(), layout.count(per_row[0].numel()))
+
     def with_tokens(embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        token = token_info_nce(embeddings[first], embeddings[second], model.scale())
-        return objective(embeddings, batch) + weight * token
+        return objective(embeddings, batch) + weight * token_loss(embeddings[first], embeddings[second])
 
     return with_tokens
 
