@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "anchored-decoys.md"
@@ -253,19 +253,12 @@ HEADER = (
 )
 
 
-def _cell(values: list[float], digits: int) -> str:
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def format_table(results: dict[str, list[dict[str, float]]]) -> str:
     lines = ["| arm | " + " | ".join(HEADER) + " |", "|---" * (len(HEADER) + 1) + "|"]
     for arm, runs in results.items():
         lines.append(
             f"| {LABELS[arm]} | "
-            + " | ".join(_cell([r[c] for r in runs], 1 if c == "hinge_active" else 3) for c in COLUMNS)
+            + " | ".join(mean_std([r[c] for r in runs], 1 if c == "hinge_active" else 3) for c in COLUMNS)
             + " |"
         )
     return "\n".join(lines)

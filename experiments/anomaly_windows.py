@@ -47,7 +47,7 @@ from torch import nn
 
 from contrastkit.data.segments import find_segments
 from contrastkit.losses.anomaly import anomaly_window_info_nce
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CONTRASTKIT_SHARED_DATA", ROOT.parent / "shared" / "data")) / "timeseries"
@@ -268,18 +268,11 @@ COLUMNS = ("f1", "onset", "detected")
 HEADER = ("point F1 ↑", "onset error (points) ↓", "anomalies detected (%)")
 
 
-def _cell(values: list[float], digits: int) -> str:
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def format_table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
     lines = ["| series | arm | " + " | ".join(HEADER) + " |", "|---" * (len(HEADER) + 2) + "|"]
     for name, arms in results.items():
         for arm, runs in arms.items():
-            cells = (_cell([r[c] for r in runs], 3 if c == "f1" else 1) for c in COLUMNS)
+            cells = (mean_std([r[c] for r in runs], 3 if c == "f1" else 1) for c in COLUMNS)
             lines.append(f"| {name} | {LABELS[arm]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

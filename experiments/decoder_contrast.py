@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.losses.dense import WeightedMultiLevelContrast, dense_info_nce
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "dense.md"
@@ -251,10 +251,7 @@ def arm_label(arm) -> str:
 
 
 def _cell(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+    return mean_std(values, 3)
 
 
 def format_table(results: dict) -> str:

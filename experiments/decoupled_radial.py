@@ -50,7 +50,7 @@ from contrastkit.functional import multi_positive_cross_entropy, reduce_anchor_l
 from contrastkit.geometry.poincare import PoincareBall
 from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon
 from contrastkit.losses.supervised import supcon
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "hyperbolic.md"
@@ -230,17 +230,10 @@ HEADER = (
 )
 
 
-def _cell(values: list[float], digits: int) -> str:
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def format_table(results: dict[str, list[dict[str, float]]]) -> str:
     lines = ["| arm | " + " | ".join(HEADER) + " |", "|---" * (len(HEADER) + 1) + "|"]
     for arm, runs in results.items():
-        cells = (_cell([r[c] for r in runs], 3 if c == "corr" else 1) for c in COLUMNS)
+        cells = (mean_std([r[c] for r in runs], 3 if c == "corr" else 1) for c in COLUMNS)
         lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

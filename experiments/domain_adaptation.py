@@ -61,7 +61,7 @@ from torch import nn
 
 from contrastkit.errors import NoPositivePairsError
 from contrastkit.losses.pixel import pixel_supcon, prototype_info_nce
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 from contrastkit.train.mean_teacher import MeanTeacher, pseudo_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,12 +366,7 @@ HEADER = (
 
 
 def _cell(values: list[float]) -> str:
-    if any(math.isnan(v) for v in values):
-        return "–"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+    return mean_std(values, 3)
 
 
 def format_table(results: dict[str, list[dict[str, float]]]) -> str:

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from contrastkit.models.fusion import FusionOutput, GatedFusionHead, gated_fusion_loss, modality_head
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "runs" / "gated_fusion_cache"
@@ -343,11 +343,7 @@ def averaged_linear(data: dict) -> float:
 
 
 def _cell(values: list[float]) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return mean_std(values, 3)
 
 
 def auroc_table(results: dict) -> str:

@@ -53,7 +53,7 @@ from torch import nn
 
 from contrastkit.losses.crossmodal import cross_modal_supcon
 from contrastkit.losses.ranking import group_rank_n_contrast, sample_per_group
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "ranking.md"
@@ -284,17 +284,10 @@ HEADER = (
 )
 
 
-def _cell(values: list[float], digits: int) -> str:
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def format_table(results: dict[str, list[dict[str, float]]]) -> str:
     lines = ["| arm | " + " | ".join(HEADER) + " |", "|---" * (len(HEADER) + 1) + "|"]
     for arm, runs in results.items():
-        cells = (_cell([r[c] for r in runs], 3 if c == "wrong_dist" else 1) for c in COLUMNS)
+        cells = (mean_std([r[c] for r in runs], 3 if c == "wrong_dist" else 1) for c in COLUMNS)
         lines.append(f"| {LABELS[arm]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -56,7 +56,7 @@ from contrastkit.eval.ir import ir_metrics
 from contrastkit.losses.retrieval import margin_mse, mnrl
 from contrastkit.mining.first_stage import BM25Index
 from contrastkit.mining.hard_negatives import mine_hard_negatives
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 from contrastkit.train.mined import linked_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,8 +344,7 @@ def evaluate(col: Collection, query_emb, corpus_emb, normalize: bool = True) -> 
 
 # ---- report ----------------------------------------------------------------------------------------
 def _cell(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {statistics.stdev(values):.1f}"
+    return mean_std(values, 1)
 
 
 def format_table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:

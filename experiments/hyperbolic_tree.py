@@ -45,7 +45,7 @@ from torch import nn
 
 from contrastkit.geometry import Euclidean, Lorentz, Manifold, PoincareBall
 from contrastkit.losses.hyperbolic import hyperbolic_info_nce
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "hyperbolic.md"
@@ -264,19 +264,10 @@ COLUMNS = ("r1", "mmd", "map", "depth_r", "c")
 HEADER = ("R@1 real→sim ↑", "MMD² ↓", "edge mAP ↑", "r(depth, radius)", "final c")
 
 
-def _cell(values: list[float], digits: int) -> str:
-    if any(v != v for v in values):
-        return "–"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def format_table(results: dict[tuple[str, int, str], list[dict[str, float]]]) -> str:
     lines = ["| data | d | geometry | " + " | ".join(HEADER) + " |", "|---" * (len(HEADER) + 3) + "|"]
     for (data, dim, arm), runs in results.items():
-        cells = " | ".join(_cell([r[c] for r in runs], 4 if c == "mmd" else 3) for c in COLUMNS)
+        cells = " | ".join(mean_std([r[c] for r in runs], 4 if c == "mmd" else 3) for c in COLUMNS)
         lines.append(f"| {data} | {dim} | {LABELS[arm]} | {cells} |")
     return "\n".join(lines)
 

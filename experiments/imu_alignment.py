@@ -43,7 +43,7 @@ import torch
 from contrastkit.eval.retrieval import paired_retrieval
 from contrastkit.models import build_model
 from contrastkit.models.contrastive import tokens_key
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 from contrastkit.train.config import load_config
 from contrastkit.train.objective import build_objective
 
@@ -293,10 +293,7 @@ def run(
 
 
 def _fmt(values: list[float], digits: int = 2) -> str:
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return mean_std(values, digits)
 
 
 def best_mae(cell: dict[str, list[float]]) -> float:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from contrastkit.eval.kway import kway_zero_shot
 from contrastkit.losses.regression import regression_clip_loss
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "regression-contrast.md"
@@ -135,10 +135,7 @@ def _cell(values: list[float], column: str) -> str:
     if column == "mse":
         values = [1e3 * x for x in values]
     digits = 1 if column.startswith("top") else 3
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return mean_std(values, digits)
 
 
 def _mean(results, key, column) -> float:

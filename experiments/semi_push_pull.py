@@ -42,7 +42,7 @@ from torch import nn
 
 from contrastkit.losses.crossmodal import cross_modal_supcon, semi_push_pull_test
 from contrastkit.losses.supervised import supcon
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 from contrastkit.train.twostep import TwoStepConditionalStep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,8 +300,7 @@ def evaluate(model: FusionClassifier, data) -> dict[str, float]:
 
 
 def _cell(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+    return mean_std(values, 2)
 
 
 def format_table(results: dict[str, list[dict[str, float]]]) -> str:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from contrastkit.eval import mean_matched_cosine, modality_gap, paired_retrieval
 from contrastkit.losses import clip_loss, sigrot_hybrid_loss, sigrot_loss
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CONTRASTKIT_SHARED_DATA", ROOT.parent / "shared" / "data")) / "flickr8k"
@@ -249,10 +249,7 @@ HEADER = ("i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "m
 
 def _cell(values: list[float], column: str) -> str:
     digits = 3 if column in ("gap", "align") else 1
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return mean_std(values, digits)
 
 
 def format_table(results: dict[str, list[dict[str, float]]]) -> str:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from contrastkit.data.selfaug import SelfAugmentedNegatives
 from contrastkit.losses.multineg import multi_negative_info_nce, split_embedding_similarity
-from contrastkit.report.blocks import publish_result
+from contrastkit.report.blocks import mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
@@ -353,8 +353,7 @@ HEADER = ("top-1 all", "top-1 text", "top-1 blank", "top-1 text, self-aug candid
 
 
 def _cell(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {statistics.stdev(values):.1f}"
+    return mean_std(values, 1)
 
 
 def format_table(results: dict[str, list[dict[str, float]]]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 
@@ -37,3 +39,14 @@ def publish_result(
         text = f"{caption}\n\n{table}\n\n**Result:** {summary}\n\nCommand: `{command}`"
         write_block(docs, begin, end, text)
         print(f"wrote the table into {docs}")
+
+
+def mean_std(values: list[float], digits: int = 3) -> str:
+    """A table cell: "mean ± sample std" of the seeds' values ("mean" for one value; "–" when
+    there is none or one is NaN)."""
+    if not values or any(math.isnan(v) for v in values):
+        return "–"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
