@@ -13,7 +13,6 @@ Run directory:
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import os
@@ -69,9 +68,8 @@ from contrastkit.train.pipeline import (
     text_aliases,
 )
 from contrastkit.train.progress import Progress
+from contrastkit.train.runlog import RunLog
 from contrastkit.train.setup import build_run_model, learning_rate, resolve_device, seed_everything
-
-LOG_COLUMNS = ("step", "epoch", "loss", "scale", "bias", "lr", "samples_per_s", "elapsed_s")
 
 
 class TrainingError(ContrastkitError, RuntimeError):
@@ -147,7 +145,8 @@ class Trainer:
             )
         self.objective = build_objective(config, self.model)
         self.aux = AuxiliaryLosses(aux_losses, self.device)
-        self.log_columns = (*LOG_COLUMNS, *(f"aux_{name}" for name in self.aux.names))
+        aux_columns = [f"aux_{name}" for name in self.aux.names]
+        self.run_log = RunLog(self.run_dir, aux_columns, config.train.steps, config.train.tensorboard)
         self.logs_scale = self.objective.uses_scale
         decay = config.optim.weight_decay
         self.optimizer = torch.optim.AdamW(
@@ -346,41 +345,13 @@ class Trainer:
             )
         return positions[self.rank] if self.stream.sampler is None else positions[0]
 
-    def _open_log(self):
-        path = self.run_dir / "log.csv"
-        rows = []
-        if self.resume and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-        f = open(path, "w", newline="")  # noqa: SIM115 - closed in run()
-        writer = csv.DictWriter(f, fieldnames=self.log_columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        f.flush()
-        return f, writer
-
-    def _tensorboard(self):
-        if not self.config.train.tensorboard:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                "train.tensorboard: needs the tensorboard package; pip install 'contrastkit[tensorboard]'."
-            ) from None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
-
     # ---- the run ---------------------------------------------------------------------------
     def fit(self) -> None:
         """Train to ``train.steps``, logging and checkpointing (every rank; rank 0 writes)."""
         config = self.config
         if self.resume:
             self._resume()
-        log_file, log, board = self._on_main("opening the run's log", self._open_outputs) or (
-            None,
-            None,
-            None,
-        )
+        self._on_main("opening the run's log", self._open_outputs)
         progress = Progress(config.train.steps, self.step, config.train.progress and self.is_main)
         start = window_start = time.perf_counter()
         window_samples = 0
@@ -395,17 +366,14 @@ class Trainer:
                     row = self._log_row(loss, window_samples / max(now - window_start, 1e-9), now - start)
                     self._on_main(
                         "writing log.csv",
-                        lambda row=row: self._write_row(row, log_file, log, board, progress),
+                        lambda row=row: self.run_log.write(row, self.step, progress),
                     )
                     window_start, window_samples = now, 0
                 if self.step % config.train.checkpoint_every == 0 or last:
                     self._save()
         finally:
             progress.close()
-            if log_file is not None:
-                log_file.close()
-            if board is not None:
-                board.close()
+            self.run_log.close()
         self.train_seconds = time.perf_counter() - start
         self.bad_records.examples = gather_bad_record_examples(
             self.bad_records.examples, self.bad_records.keep
@@ -423,18 +391,10 @@ class Trainer:
         agree_on_step(what, (), error)
         return result
 
-    def _open_outputs(self):
+    def _open_outputs(self) -> None:
         """config.yaml, the log (kept up to the resumed step) and TensorBoard; rank 0."""
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
-        log_file, log = self._open_log()
-        return log_file, log, self._tensorboard()
-
-    def _write_row(
-        self, row: dict[str, Any], log_file: Any, log: Any, board: Any, progress: Progress
-    ) -> None:
-        log.writerow(row)
-        log_file.flush()
-        self._report_row(row, board, progress)
+        self.run_log.open(keep_until=self.step if self.resume else None)
 
     def _log_row(self, loss: float, samples_per_s: float, elapsed: float) -> dict[str, Any]:
         """One ``log.csv`` row; scale and bias stay empty when the loss does not use them."""
@@ -450,19 +410,6 @@ class Trainer:
             "elapsed_s": f"{elapsed:.2f}",
             **{f"aux_{name}": f"{v:.6f}" for name, v in getattr(self, "aux_values", {}).items()},
         }
-
-    def _report_row(self, row: dict[str, Any], board: Any, progress: Progress) -> None:
-        """The row to TensorBoard, the progress bar, or (without a terminal) a printed line."""
-        keys = ("loss", "scale", "bias", "lr", "samples_per_s", *self.log_columns[len(LOG_COLUMNS) :])
-        shown = {k: row[k] for k in keys if row.get(k)}
-        if board is not None:
-            for key, value in shown.items():
-                board.add_scalar(f"train/{key}", float(value), self.step)
-        progress.set_postfix(shown)
-        if not progress.interactive:
-            values = "  ".join(f"{k} {shown[k]}" for k in ("loss", "scale", "bias") if k in shown)
-            speed = f"{row['samples_per_s']} samples/s"
-            print(f"step {self.step}/{self.config.train.steps}  {values}  {speed}", flush=True)
 
     def evaluate(self) -> dict[str, float]:
         """Final metrics on ``data.eval`` (and the report artifacts)."""
