@@ -102,6 +102,8 @@ def test_mine_three_files_in_the_n_tuple_layout(tmp_path):
         (["--retriever", "dense"], QRELS, DOCS, "needs --model"),
         (["--corpus", "x.jsonl"], QRELS, DOCS, "either --beir DIR or all three"),
         (["--teacher", "a", "--cross-encoder", "b"], QRELS, DOCS, "--teacher or --cross-encoder, not both"),
+        (["--model", "m"], QRELS, DOCS, "--model applies to the dense first stage"),
+        (["--faiss"], QRELS, DOCS, "--faiss applies to the dense first stage"),
     ],
 )
 def test_mine_errors_print_one_line_and_exit_2(tmp_path, capsys, extra, qrels, docs, message):

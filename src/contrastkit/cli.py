@@ -250,6 +250,11 @@ def cmd_mine(args: argparse.Namespace) -> int:
     _check_at_least_one("mine", "--max-queries", args.max_queries)
     if args.cross_encoder is not None and args.teacher is not None:
         raise ContrastkitError("mine: pass one teacher, --teacher or --cross-encoder, not both.")
+    if args.retriever != "dense" and (args.model is not None or args.faiss):
+        given = "--model" if args.model is not None else "--faiss"
+        raise ContrastkitError(
+            f"mine: {given} applies to the dense first stage; add --retriever dense (BM25 takes neither)."
+        )
     corpus, queries, qrels = _mining_inputs(args)
     if not corpus:
         raise ContrastkitError("mine: the corpus is empty; nothing to mine from.")
