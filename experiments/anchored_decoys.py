@@ -33,7 +33,6 @@ nowhere unless ``--docs PATH`` is given.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
-from contrastkit.report.blocks import mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "anchored-decoys.md"
@@ -268,11 +267,7 @@ def compare(results, better: str, worse: str, column: str = "auroc_fair") -> tup
     """(mean difference of ``column``, whether it exceeds 2 standard errors and MIN_GAIN)."""
     a = [r[column] for r in results[better]]
     b = [r[column] for r in results[worse]]
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2:
-        return diff, diff > MIN_GAIN
-    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    return diff, diff > max(2 * se, MIN_GAIN)
+    return clear_gain(a, b, MIN_GAIN)
 
 
 def verdict(results: dict[str, list[dict[str, float]]]) -> str:

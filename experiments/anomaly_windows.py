@@ -47,7 +47,7 @@ from torch import nn
 
 from contrastkit.data.segments import find_segments
 from contrastkit.losses.anomaly import anomaly_window_info_nce
-from contrastkit.report.blocks import mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CONTRASTKIT_SHARED_DATA", ROOT.parent / "shared" / "data")) / "timeseries"
@@ -282,11 +282,7 @@ def awcl_gain(runs: dict[str, list[dict[str, float]]], column: str) -> tuple[flo
     sign = -1.0 if column == "onset" else 1.0
     a = [sign * r[column] for r in runs["awcl"]]
     b = [sign * r[column] for r in runs["bce"]]
-    gain = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2:
-        return gain, gain > MIN_GAIN[column]
-    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    return gain, gain > max(2 * se, MIN_GAIN[column])
+    return clear_gain(a, b, MIN_GAIN[column])
 
 
 def verdict(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:

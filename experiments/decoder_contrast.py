@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.losses.dense import WeightedMultiLevelContrast, dense_info_nce
-from contrastkit.report.blocks import mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "dense.md"
@@ -264,11 +264,7 @@ def format_table(results: dict) -> str:
 
 def compare(a: list[float], b: list[float]) -> tuple[float, bool]:
     """(mean of a - mean of b, whether it exceeds 2 standard errors and MIN_GAIN)."""
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2:
-        return diff, diff > MIN_GAIN
-    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    return diff, diff > max(2 * se, MIN_GAIN)
+    return clear_gain(a, b, MIN_GAIN)
 
 
 def verdict(results: dict) -> str:

@@ -50,7 +50,7 @@ from contrastkit.functional import multi_positive_cross_entropy, reduce_anchor_l
 from contrastkit.geometry.poincare import PoincareBall
 from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon
 from contrastkit.losses.supervised import supcon
-from contrastkit.report.blocks import mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "hyperbolic.md"
@@ -242,12 +242,8 @@ def compare(results, better: str, worse: str, column: str) -> tuple[float, bool]
     """(mean difference of ``column``, whether it exceeds 2 standard errors and MIN_GAIN)."""
     a = [r[column] for r in results[better]]
     b = [r[column] for r in results[worse]]
-    diff = statistics.fmean(a) - statistics.fmean(b)
     floor = MIN_GAIN["corr" if column == "corr" else "acc"]
-    if len(a) < 2:
-        return diff, diff > floor
-    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    return diff, diff > max(2 * se, floor)
+    return clear_gain(a, b, floor)
 
 
 def verdict(results: dict[str, list[dict[str, float]]]) -> str:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ from torch import nn
 
 from contrastkit.losses.crossmodal import cross_modal_supcon
 from contrastkit.losses.ranking import group_rank_n_contrast, sample_per_group
-from contrastkit.report.blocks import mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "ranking.md"
@@ -296,11 +295,7 @@ def lower(results, column: str, floor: float) -> tuple[float, bool]:
     """(InfoNCE mean - RnC mean of ``column``, whether RnC is lower by > 2 SE and > ``floor``)."""
     a = [r[column] for r in results["infonce"]]
     b = [r[column] for r in results["rnc"]]
-    gain = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2:
-        return gain, gain > floor
-    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    return gain, gain > max(2 * se, floor)
+    return clear_gain(a, b, floor)
 
 
 def verdict(results: dict[str, list[dict[str, float]]]) -> str:

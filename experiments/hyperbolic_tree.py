@@ -45,7 +45,7 @@ from torch import nn
 
 from contrastkit.geometry import Euclidean, Lorentz, Manifold, PoincareBall
 from contrastkit.losses.hyperbolic import hyperbolic_info_nce
-from contrastkit.report.blocks import mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "hyperbolic.md"
@@ -276,11 +276,7 @@ def gain(results, key_a, key_b, column: str) -> tuple[float, bool]:
     """(mean of column under key_a minus under key_b, whether it exceeds 2 SE and MIN_GAIN)."""
     a = [r[column] for r in results[key_a]]
     b = [r[column] for r in results[key_b]]
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2:
-        return diff, diff > MIN_GAIN
-    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    return diff, diff > max(2 * se, MIN_GAIN)
+    return clear_gain(a, b, MIN_GAIN)
 
 
 def verdict(results) -> str:

@@ -1,8 +1,11 @@
-"""``write_block``: the experiments' tables inside hand-written Markdown."""
+"""``write_block`` (the experiments' tables inside hand-written Markdown) and the table cells
+and gain test the experiments share."""
 
 from __future__ import annotations
 
-from contrastkit.report.blocks import write_block
+import pytest
+
+from contrastkit.report.blocks import clear_gain, mean_std, write_block
 
 BEGIN, END = "<!-- t:begin -->", "<!-- t:end -->"
 
@@ -23,3 +26,18 @@ def test_a_file_without_markers_gets_the_block_appended(tmp_path):
     doc.write_text("text", encoding="utf-8")
     write_block(doc, BEGIN, END, "t")
     assert doc.read_text(encoding="utf-8") == f"text\n{BEGIN}\nt\n{END}\n"
+
+
+def test_mean_std_cells():
+    assert mean_std([1.0, 2.0, 3.0], 2) == "2.00 ± 1.00"  # sample std
+    assert mean_std([0.5], 1) == "0.5"
+    assert mean_std([], 3) == "–" and mean_std([1.0, float("nan")]) == "–"
+
+
+def test_clear_gain_needs_two_standard_errors_and_the_floor():
+    a, b = [1.0, 1.2, 1.4], [0.0, 0.2, 0.4]  # gain 1.0, 2 SE = 2 * sqrt(0.04/3 + 0.04/3) = 0.327
+    assert clear_gain(a, b, 0.1) == (pytest.approx(1.0), True)
+    assert clear_gain(a, b, 1.5)[1] is False  # the floor binds
+    noisy = [0.0, 2.0, 4.0]  # gain 1.0 over [0, 1, 2], but 2 SE = 2 * sqrt(4/3 + 1/3) = 2.58
+    assert clear_gain(noisy, [0.0, 1.0, 2.0], 0.0) == (pytest.approx(1.0), False)
+    assert clear_gain([0.3], [0.1], 0.1) == (pytest.approx(0.2), True)  # one seed: the floor alone

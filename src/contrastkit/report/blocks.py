@@ -50,3 +50,13 @@ def mean_std(values: list[float], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def clear_gain(a: list[float], b: list[float], floor: float) -> tuple[float, bool]:
+    """(mean(a) - mean(b), whether that gain is clear): above ``floor`` and, with several seeds,
+    above 2 unpaired standard errors sqrt(var(a)/n_a + var(b)/n_b)."""
+    gain = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return gain, gain > floor
+    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+    return gain, gain > max(2 * se, floor)
