@@ -1,4 +1,4 @@
-"""The ``contrastkit`` command: train, eval, embed, mine, report, info.
+"""The ``contrastkit`` command: train, eval, embed, mine, audit, report, info.
 
     contrastkit train [CONFIG] [--set optim.lr=3e-4 ...] [--out DIR] [--resume]
     torchrun --nproc_per_node N -m contrastkit.cli train CONFIG ...   (or the contrastkit script)
@@ -6,6 +6,7 @@
     contrastkit eval CHECKPOINT --ir BEIR_OR_SMART_DIR [--split test] [--out metrics.json]
     contrastkit mine (--beir DIR [--split train] | --corpus F --queries F --qrels F) --out FILE.jsonl
     contrastkit embed CHECKPOINT --data ... --modality image|text --out FILE
+    contrastkit audit DATA --checkpoint CKPT [--method dao] [--k 32] [--top 20] [--out DIR]
     contrastkit report RUN_DIR
     contrastkit info
 
@@ -91,12 +92,11 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 
 
 def _load_for_eval(checkpoint_path: str):
-    from contrastkit.train.checkpoint import load_checkpoint, restore
-    from contrastkit.train.config import config_from_dict
+    from contrastkit.train.checkpoint import checkpoint_config, load_checkpoint, restore
     from contrastkit.train.setup import build_run_model
 
     checkpoint = load_checkpoint(checkpoint_path)
-    config = config_from_dict(checkpoint["state"]["config"])
+    config = checkpoint_config(checkpoint)
     model, tokenizer = build_run_model(config, None, checkpoint["path"])
     restore(checkpoint, model, restore_rng=False)
     return config, model.eval(), tokenizer
@@ -335,6 +335,24 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from contrastkit.security.audit import format_top, run_audit
+    from contrastkit.train.evaluate import Embedder
+    from contrastkit.train.pipeline import build_source
+
+    config, model, tokenizer = _load_for_eval(args.checkpoint)
+    if set(model.modalities) != {"image", "text"}:
+        raise ContrastkitError(
+            f"audit: needs an image-text checkpoint; {args.checkpoint} has {list(model.modalities)}."
+        )
+    source = build_source(_data_spec(args.data, args.split or "train", args.root), "audit")
+    embed = Embedder(model, tokenizer, config.data.image_size, config.eval.batch_size)
+    rows = run_audit(embed, source, args.out, method=args.method, k=args.k, top=args.top)
+    print(format_top(rows, args.top))
+    print(f"{len(rows)} pairs -> {Path(args.out) / 'audit.csv'}, top -> {Path(args.out) / 'audit.html'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from contrastkit.report import write_report
 
@@ -402,6 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
             sub.set_defaults(func=cmd_embed)
 
     _add_mine_parser(commands)
+    audit = commands.add_parser("audit", help="rank image-text pairs by how suspicious (poisoned) they look")
+    audit.add_argument("data", help="built-in set name or a TSV/CSV/JSONL manifest (as for --data)")
+    audit.add_argument("--checkpoint", required=True, help="a checkpoint folder or a run directory")
+    audit.add_argument("--method", choices=("dao", "lid", "k_distance"), default="dao", help="kNN detector")
+    audit.add_argument("--k", type=int, default=32, help="neighbours of the detector (default 32)")
+    audit.add_argument("--top", type=int, default=20, help="pairs printed and shown in audit.html")
+    audit.add_argument("--out", default="audit", help="folder of audit.csv and audit.html (default: audit)")
+    audit.add_argument("--split", help="split of a built-in set (default: train)")
+    audit.add_argument("--root", help="folder of a built-in set read from disk (flickr8k, cifar10)")
+    audit.set_defaults(func=cmd_audit)
     report = commands.add_parser("report", help="(re)write report.html of a run directory")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)

@@ -218,3 +218,22 @@ def check_labels(fn: str, name: str, labels: object, n: int) -> torch.Tensor:
     if labels.dim() != 1 or labels.shape[0] != n:
         raise InputError(f"{fn}: argument '{name}' must have shape ({n},); got {_shape(labels)}.")
     return labels
+
+
+def check_pairs(fn: str, name: str, pairs: object) -> torch.Tensor:
+    """Check a (K, 2) integer tensor of id pairs (K may be 0) with no pair (a, a)."""
+    pairs = check_tensor(fn, name, pairs, floating=False)
+    if pairs.dtype == torch.bool or pairs.is_complex() or pairs.is_floating_point():
+        raise InputError(f"{fn}: argument '{name}' must be an integer tensor of id pairs; got {pairs.dtype}.")
+    if pairs.dim() != 2 or pairs.shape[1] != 2:
+        raise InputError(
+            f"{fn}: argument '{name}' must have shape (K, 2), one id pair per row; got {tuple(pairs.shape)}. "
+            f"Stack the pairs with torch.tensor([[a, b], ...])."
+        )
+    same = pairs[:, 0] == pairs[:, 1]
+    if bool(same.any()):
+        raise InputError(
+            f"{fn}: argument '{name}' pairs an id with itself (first: {pairs[same][0].tolist()}); an "
+            f"item cannot be linked with itself. Drop the pairs (a, a)."
+        )
+    return pairs

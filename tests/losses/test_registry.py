@@ -36,6 +36,10 @@ EXPECTED = {
     "pixel_supcon": contrastkit.pixel_supcon,
     "prototype_info_nce": contrastkit.prototype_info_nce,
     "dense_info_nce": contrastkit.dense_info_nce,
+    "icl": contrastkit.icl_loss,
+    "tracklet_supcon": contrastkit.tracklet_supcon,
+    "cross_domain_supcon": contrastkit.cross_domain_supcon,
+    "degradation_supcon": contrastkit.degradation_supcon,
 }
 
 

@@ -23,7 +23,9 @@ from contrastkit.data.builtin import (
     default_data_root,
     get_source,
 )
+from contrastkit.data.caption_eda import caption_eda
 from contrastkit.data.dataset import Collator, ContrastiveDataset
+from contrastkit.data.degrade import composition_id, degrade
 from contrastkit.data.manifest import ManifestSource
 from contrastkit.data.samplers import (
     ClassBalancedBatchSampler,
@@ -42,8 +44,6 @@ from contrastkit.data.tokenize import BPETokenizer, ByteTokenizer, pad_sequences
 from contrastkit.data.transforms import ImageTransform, SeriesTransform, TextTransform, load_image
 
 __all__ = [
-    "MODALITIES",
-    "SOURCES",
     "BPETokenizer",
     "BadRecord",
     "BadRecordLog",
@@ -58,8 +58,10 @@ __all__ = [
     "ImageTransform",
     "LabelCaptionSource",
     "ListSource",
+    "MODALITIES",
     "ManifestSource",
     "NoDuplicatesBatchSampler",
+    "SOURCES",
     "SelfAugmented",
     "SelfAugmentedNegatives",
     "SeriesTransform",
@@ -69,9 +71,12 @@ __all__ = [
     "Source",
     "TextTransform",
     "TransformedStream",
+    "caption_eda",
     "change_statistics",
+    "composition_id",
     "debias_caption",
     "default_data_root",
+    "degrade",
     "expand_shard_urls",
     "find_segments",
     "get_source",

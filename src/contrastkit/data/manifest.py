@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-from collections.abc import Hashable
+import sys
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,32 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+@contextlib.contextmanager
+def _unlimited_csv_fields() -> Iterator[None]:
+    """Lift the csv module's 128 KiB cell limit while a manifest is read (a long caption is data,
+    not an error), and put the process-wide limit back afterwards."""
+    previous = csv.field_size_limit(sys.maxsize)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def _read_rows(path: Path, fmt: str) -> tuple[list[str], list[dict[str, Any]]]:
     """Header names and the rows (dicts) of a manifest; blank lines are skipped."""
+    try:
+        with _unlimited_csv_fields():
+            return _parse_rows(path, fmt)
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"ManifestSource: {path} is not UTF-8 text (byte {e.start}: {e.reason}); save the manifest "
+            f"as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+        ) from None
+    except csv.Error as e:
+        raise DataError(f"ManifestSource: {path} is not a readable {fmt.upper()} file ({e}).") from None
+
+
+def _parse_rows(path: Path, fmt: str) -> tuple[list[str], list[dict[str, Any]]]:
     with path.open(encoding="utf-8-sig", newline="") as f:
         if fmt == "jsonl":
             rows = []
@@ -210,7 +236,9 @@ class ManifestSource(Source):
             text = value.strip()
             if text.endswith(".npy"):
                 p = Path(text)
-                return np.load(p if p.is_absolute() else self.folder / p).astype(np.float32)
+                return np.load(p if p.is_absolute() else self.folder / p, allow_pickle=False).astype(
+                    np.float32
+                )
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as e:

@@ -58,7 +58,7 @@ def _decode(key: str, ext: str, value: bytes | None) -> Any:
         return value.decode("utf-8")
     if key == "series":
         if ext.endswith("npy"):
-            return np.load(io.BytesIO(value)).astype(np.float32)
+            return np.load(io.BytesIO(value), allow_pickle=False).astype(np.float32)
         return np.asarray(json.loads(value.decode("utf-8")), dtype=np.float32)
     return value
 

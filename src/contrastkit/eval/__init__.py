@@ -25,10 +25,12 @@ from contrastkit.eval.geometry import (
 from contrastkit.eval.ir import ir_metrics
 from contrastkit.eval.kway import kway_zero_shot
 from contrastkit.eval.probe import knn_accuracy, linear_probe_accuracy
+from contrastkit.eval.prototype import PristinePrototype
 from contrastkit.eval.retrieval import paired_retrieval, retrieval_ranks, top_k_neighbours
 from contrastkit.eval.zeroshot import class_embeddings, zero_shot_accuracy
 
 __all__ = [
+    "PristinePrototype",
     "alignment_loss",
     "alignment_metrics",
     "alignment_score",

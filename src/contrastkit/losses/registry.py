@@ -9,8 +9,11 @@ from contrastkit.losses.alignment import cosine_alignment
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.crossmodal import cross_modal_supcon
 from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
+from contrastkit.losses.degradation import degradation_supcon
 from contrastkit.losses.dense import dense_info_nce
+from contrastkit.losses.domains import cross_domain_supcon
 from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon, hyperbolic_info_nce
+from contrastkit.losses.icl import icl_loss
 from contrastkit.losses.infonce import hard_negative_info_nce, info_nce
 from contrastkit.losses.multineg import multi_negative_info_nce
 from contrastkit.losses.pixel import pixel_supcon, prototype_info_nce
@@ -21,6 +24,7 @@ from contrastkit.losses.selfsup import dcl, nt_xent
 from contrastkit.losses.sigmoid import siglip_loss
 from contrastkit.losses.supervised import supcon
 from contrastkit.losses.tokens import multi_positive_info_nce, token_info_nce
+from contrastkit.losses.tracklets import tracklet_supcon
 from contrastkit.losses.transport import sigrot_hybrid_loss, sigrot_loss
 
 LOSSES: dict[str, Callable[..., object]] = {
@@ -50,6 +54,10 @@ LOSSES: dict[str, Callable[..., object]] = {
     "pixel_supcon": pixel_supcon,
     "prototype_info_nce": prototype_info_nce,
     "dense_info_nce": dense_info_nce,
+    "icl": icl_loss,
+    "tracklet_supcon": tracklet_supcon,
+    "cross_domain_supcon": cross_domain_supcon,
+    "degradation_supcon": degradation_supcon,
 }
 
 

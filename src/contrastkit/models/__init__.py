@@ -18,14 +18,15 @@ from contrastkit.models.positional import (
     stretch_text_positions,
     stretched_length,
 )
+from contrastkit.models.reversal import GradientReversal, grad_reverse, reversal_lambda
 from contrastkit.models.series import SeriesCNN, SeriesPatchTransformer
 from contrastkit.models.text import TextTransformer
 
 __all__ = [
-    "TOWERS",
     "ContrastiveModel",
     "FusionOutput",
     "GatedFusionHead",
+    "GradientReversal",
     "HFTextTower",
     "HFTokenizer",
     "ImageCNN",
@@ -34,11 +35,14 @@ __all__ = [
     "ProjectionHead",
     "SeriesCNN",
     "SeriesPatchTransformer",
+    "TOWERS",
     "TextTransformer",
     "TimmImageTower",
     "build_model",
     "build_tower",
     "gated_fusion_loss",
+    "grad_reverse",
+    "reversal_lambda",
     "stretch_positional_embedding",
     "stretch_text_positions",
     "stretched_length",

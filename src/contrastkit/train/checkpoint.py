@@ -2,13 +2,15 @@
 
 A checkpoint is a folder ``checkpoints/step-000300/`` with ``model.safetensors``,
 ``optimizer.safetensors`` and ``state.json`` (step, resolved config, optimizer hyper-parameters,
-Python/NumPy RNG, data position, extras). It is written into a hidden temporary folder and
-renamed into place, so a crash never leaves a half-written checkpoint under its final name;
-nothing is ever unpickled.
+Python/NumPy RNG, data position, extras, and the SHA-256 of each tensor file). It is written
+into a hidden temporary folder and renamed into place, so a crash never leaves a half-written
+checkpoint under its final name; a damaged file is found by its checksum when loaded; nothing is
+ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -113,6 +115,35 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_files(tmp, model, optimizer, state, step, files, tensors)
+    except (OSError, SafetensorError) as err:  # disk full, quota: the earlier checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = [p.name for p in list_checkpoints(run_dir)]
+        raise CheckpointError(
+            f"could not write checkpoint {final} ({err}). The earlier checkpoints are intact "
+            f"({', '.join(kept) or 'none yet'}); free space and continue with --resume."
+        ) from None
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_folder(root)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_files(
+    tmp: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    step: int,
+    files: dict[str, bytes] | None,
+    tensors: dict[str, torch.Tensor] | None,
+) -> None:
+    """Every file of a checkpoint into the folder ``tmp``, flushed to disk."""
     tmp.mkdir()
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(weights, tmp / MODEL_FILE)
@@ -120,20 +151,36 @@ def save_checkpoint(
     rng_tensors, rng_plain = rng_state()
     extra = {k: v.detach().contiguous().cpu() for k, v in (tensors or {}).items()}
     save_file({**optim_tensors, **rng_tensors, **extra}, tmp / OPTIMIZER_FILE)
-    payload = {**state, "step": step, "optimizer": optim_plain, "rng": rng_plain}
-    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
+    checksums = {name: _sha256(tmp / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}
+    payload = {**state, "step": step, "optimizer": optim_plain, "rng": rng_plain, "checksums": checksums}
+    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1), encoding="utf-8")
     for name, content in (files or {}).items():
         (tmp / name).write_bytes(content)
     for path in tmp.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove_incomplete(run_dir: str | Path) -> list[Path]:
@@ -178,23 +225,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     "tensors": the other ``tensors`` given to ``save_checkpoint``, "state": the JSON payload}``.
     Every failure names the file and what to do."""
     path = resolve_checkpoint(path)
+    way_out = (
+        f"Evaluate an earlier checkpoint (they are kept under {path.parent}), or delete {path.name} "
+        f"there to resume from the one before it."
+    )
     try:
-        payload = json.loads((path / STATE_FILE).read_text())
+        payload = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no {STATE_FILE}; it is incomplete.") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"checkpoint {path}/{STATE_FILE} is corrupt or truncated ({err}).") from None
+        raise CheckpointError(f"checkpoint {path} has no {STATE_FILE}; it is incomplete. {way_out}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path}/{STATE_FILE} is corrupt or truncated ({err}). {way_out}"
+        ) from None
+    _check_payload(path, payload, way_out)
     tensors = {}
     for name in (MODEL_FILE, OPTIMIZER_FILE):
         file = path / name
         if not file.is_file():
-            raise CheckpointError(f"checkpoint {path} has no {name}; it is incomplete.")
+            raise CheckpointError(f"checkpoint {path} has no {name}; it is incomplete. {way_out}")
+        expected = payload.get("checksums", {}).get(name)
+        if expected is not None and _sha256(file) != expected:
+            raise CheckpointError(
+                f"checkpoint file {file} is corrupt or truncated (its SHA-256 checksum differs from the "
+                f"one {STATE_FILE} recorded when it was written). {way_out}"
+            )
         try:
             tensors[name] = load_file(file)
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(
-                f"checkpoint file {file} is corrupt or truncated ({err}). Use an earlier checkpoint "
-                f"(they are kept under {path.parent})."
+                f"checkpoint file {file} is corrupt or truncated ({err}). {way_out}"
             ) from None
     extra = tensors[OPTIMIZER_FILE]
     rng = {k: v for k, v in extra.items() if k.startswith("rng.")}
@@ -208,6 +267,40 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "tensors": others,
         "state": payload,
     }
+
+
+def _check_payload(path: Path, payload: Any, way_out: str) -> None:
+    """The fields ``save_checkpoint`` writes must be there with their types."""
+    problem = None
+    if not isinstance(payload, dict):
+        problem = f"holds a JSON {type(payload).__name__}, not an object"
+    elif isinstance(payload.get("step"), bool) or not isinstance(payload.get("step"), int):
+        problem = f"has no integer 'step' (got {payload.get('step')!r})"
+    else:
+        for key in ("optimizer", "rng", "checksums"):
+            if key in payload and not isinstance(payload[key], dict):
+                problem = f"has a {key!r} that is not an object"
+    if problem:
+        raise CheckpointError(f"checkpoint {path}/{STATE_FILE} {problem}; it is damaged. {way_out}")
+
+
+def checkpoint_config(checkpoint: dict[str, Any]) -> Any:
+    """The validated ``Config`` a checkpoint was trained with; a missing or no longer valid config
+    raises ``CheckpointError`` naming the checkpoint."""
+    from contrastkit.train.config import ConfigError, config_from_dict
+
+    path, saved = checkpoint["path"], checkpoint["state"].get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"checkpoint {path}/{STATE_FILE} holds no training config; it was not written by "
+            f"`contrastkit train` or is damaged."
+        )
+    try:
+        return config_from_dict(saved)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"checkpoint {path}/{STATE_FILE} holds a config that does not validate: {err}"
+        ) from None
 
 
 def restore(

@@ -47,6 +47,14 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's several-line error as one line: the problem and where it is."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def _default_model() -> dict[str, Any]:
     return {
         "towers": {
@@ -154,9 +162,16 @@ class LossConfig:
     """MoBind's hierarchical objective: add ``token_weight * token_info_nce`` over the two
     modalities' per-step tokens (with the model's scale) to the global pair loss; 0.5 in the
     paper. Needs ``model.token_heads: true`` and towers that expose tokens (``series_patch``)."""
+    defense: dict[str, Any] | None = None
+    """A backdoor defense trained on top of ``clip``: ``{name: cleanclip | roclip | safeclip |
+    unlearn, **options}``; see ``contrastkit.train.defense``."""
 
     def validate(self) -> None:
         _choice("loss.distributed", self.distributed, ("local", "gather", "ring"))
+        if self.defense is not None:
+            from contrastkit.train.defense import check_defense  # defense.py imports this module
+
+            check_defense(self)
         if self.token_weight is not None:
             _at_least("loss.token_weight", self.token_weight, 0.0)
             if not math.isfinite(self.token_weight):
@@ -212,6 +227,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     tensorboard: bool = False
     progress: bool = True
+    init_from: str | None = None
+    """A checkpoint (folder or run directory) whose model weights (and BPE tokenizer) start the
+    run; the optimizer and step start afresh (fine-tuning, e.g. CleanCLIP on a poisoned model)."""
 
     def validate(self) -> None:
         _at_least("train.steps", self.steps, 1)
@@ -374,7 +392,8 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
         try:
             value = _load_yaml(raw) if raw else ""
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err}).") from None
+            problem = _yaml_problem(err)
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}).") from None
         parsed.append((key.split("."), value))
     return parsed
 
@@ -409,12 +428,18 @@ def _merge_sections(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``, with errors that name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file (see configs/).")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass a YAML file (see configs/).")
     try:
-        data = _load_yaml(path.read_text())
+        data = _load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8."
+        ) from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}.") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):

@@ -23,6 +23,7 @@ from contrastkit.losses.tokens import token_info_nce
 from contrastkit.models import ContrastiveModel
 from contrastkit.models.contrastive import tokens_key
 from contrastkit.train.config import Config, ConfigError
+from contrastkit.train.defense import defense_objective
 from contrastkit.train.pipeline import SECOND_CAPTION
 from contrastkit.train.retrieval import RETRIEVAL, retrieval_objective
 
@@ -66,6 +67,8 @@ def build_objective(
             f"loss.token_weight: the token loss is added to a pair loss over two token towers; {name}"
             f"{' on mined rows' if 'mined' in config.data.train else ''} has no such pair."
         )
+    if config.loss.defense is not None:
+        return defense_objective(config, model)
     if "mined" in config.data.train:
         return retrieval_objective(config, model, _check_options)
     if name == "margin_mse" or config.loss.guide is not None:

@@ -31,6 +31,7 @@ from contrastkit.data.augment import debias_caption
 from contrastkit.distributed import get_rank, get_world_size, is_active
 from contrastkit.errors import InputError
 from contrastkit.train.config import Config, ConfigError
+from contrastkit.train.defense import AUGMENTED_VIEWS, augmented_views
 from contrastkit.train.mined import (
     RAW_TEXTS,
     SCORES,
@@ -160,10 +161,12 @@ def retrieval_keys(config: Config) -> tuple[str, ...]:
 
 
 def text_aliases(batch: dict[str, Any]) -> dict[str, str] | None:
-    """Batch keys the text tower embeds besides ``text``: the second caption, or the positive and
-    negatives of mined rows (one shared tower: a bi-encoder). None when there are none."""
-    keys = [k for k in batch if k == SECOND_CAPTION or is_document_key(k)]
-    return {k: "text" for k in keys} or None
+    """Batch keys a tower embeds besides its own modality: the second caption, the positive and
+    negatives of mined rows (one shared tower: a bi-encoder), CleanCLIP's augmented image and
+    caption views. None when there are none."""
+    aliases = {k: "text" for k in batch if k == SECOND_CAPTION or is_document_key(k)}
+    aliases.update({k: tower for k, tower in AUGMENTED_VIEWS.items() if k in batch})
+    return aliases or None
 
 
 def second_caption_transform(kind: str) -> Any:
@@ -196,6 +199,11 @@ class BatchStream:
             if config.data.second_caption is not None:
                 derived[SECOND_CAPTION] = ("text", second_caption_transform(config.data.second_caption))
                 tokenizers = {**tokenizers, SECOND_CAPTION: tokenizers.get("text")}
+        views = augmented_views(config)  # loss.defense cleanclip: augmented image and caption
+        if views:
+            derived.update(views)
+            if "text" in tokenizers:
+                tokenizers = {**tokenizers, "text_aug": tokenizers["text"]}
         if isinstance(source, ShardStream):
             self._stream_loader(config, source, transforms, Collator(tokenizers), derived)
             return

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,6 +36,7 @@ from contrastkit.distributed import (
 from contrastkit.errors import ContrastkitError
 from contrastkit.train.auxiliary import AuxiliaryLosses, AuxLoss
 from contrastkit.train.checkpoint import (
+    checkpoint_config,
     checkpoint_dir,
     list_checkpoints,
     load_checkpoint,
@@ -43,6 +45,7 @@ from contrastkit.train.checkpoint import (
     save_checkpoint,
 )
 from contrastkit.train.config import Config, ConfigError, check_resumable
+from contrastkit.train.defense import AUGMENTED_VIEWS, defense_state_tensors, restore_defense_state
 from contrastkit.train.evaluate import Embedder, evaluate_paired, evaluate_probe, to_device, write_artifacts
 from contrastkit.train.gradcache import gradcache_step
 from contrastkit.train.objective import build_objective, flatten_views
@@ -70,6 +73,7 @@ from contrastkit.train.pipeline import (
 from contrastkit.train.progress import Progress
 from contrastkit.train.runlog import RunLog
 from contrastkit.train.setup import build_run_model, learning_rate, resolve_device, seed_everything
+from contrastkit.train.warmstart import copy_init_tokenizer, init_weights_from
 
 
 class TrainingError(ContrastkitError, RuntimeError):
@@ -102,6 +106,21 @@ class Trainer:
         resume: bool = False,
         aux_losses: Mapping[str, tuple[float, AuxLoss]] | None = None,
     ) -> None:
+        created = not Path(run_dir).exists()
+        try:
+            self._setup(config, run_dir, resume, aux_losses)
+        except BaseException:  # a refused config or data set leaves no half-made run folder behind
+            if created and get_rank() == 0 and not list_checkpoints(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+    def _setup(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        resume: bool,
+        aux_losses: Mapping[str, tuple[float, AuxLoss]] | None,
+    ) -> None:
         self.config, self.run_dir = config, Path(run_dir)
         self.rank, self.world = get_rank(), get_world_size()
         self.is_main = self.rank == 0
@@ -133,7 +152,11 @@ class Trainer:
             if self.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 claim_run_dir(self.run_dir, job)
+                if not resume:
+                    copy_init_tokenizer(config, self.run_dir)
             self.model, self.tokenizer = build_run_model(config, self.train_source, self.run_dir)
+        if config.train.init_from is not None and not resume:  # resuming restores its own weights
+            init_weights_from(self.model, config.train.init_from)
         seed_rank(config.seed)
         self.model.to(self.device)
         self.parallel_model = wrap_model(self.model, self.device)
@@ -207,6 +230,7 @@ class Trainer:
                     "label",
                     "index",
                     SECOND_CAPTION,
+                    *AUGMENTED_VIEWS,
                     *retrieval_keys(self.config),
                 )
                 inputs = {k: v for k, v in batch.items() if k in keep}
@@ -305,7 +329,7 @@ class Trainer:
             state,
             keep=self.config.train.keep_checkpoints,
             files=files,
-            tensors={**rank_states, **self.aux.state_tensors()},
+            tensors={**rank_states, **self.aux.state_tensors(), **defense_state_tensors(self.objective)},
         )
 
     def _resume(self) -> None:
@@ -317,7 +341,8 @@ class Trainer:
         restore(checkpoint, self.model, self.optimizer)
         self.aux.load_state_tensors(checkpoint["tensors"], checkpoint["path"])
         restore_rank_rng(checkpoint["rng"], self.config.seed, int(state["step"]))
-        check_resumable(state["config"], self.config.to_dict(), checkpoint["path"])
+        check_resumable(checkpoint_config(checkpoint).to_dict(), self.config.to_dict(), checkpoint["path"])
+        restore_defense_state(self.objective, checkpoint["tensors"], checkpoint["path"])
         self.step = int(state["step"])
         self.stream.seek(self._own_position(state))
         self.bad_records.bad, self.bad_records.seen = (
