@@ -7,11 +7,11 @@ Setup: unsupervised alignment of two views ("graphs") of the same N entities wit
 imbalanced clusters.
 
 - Entities: real CIFAR-10 images, embedded by the frozen SupCon CNN of experiments/cifar_features.py
-  (train and test, 20,000 images): 70% from one class (the dense cluster, 1400 airplanes) and 30%
-  from four others (four sparse clusters of 150). Each entity has a class-level visual vector v
-  (the embedding, centred and L2-normalised) and an instance signature s (the embedding's top-32
-  PCA components, whitened and L2-normalised: the SupCon embedding is nearly rank 2, so only the
-  whitened components tell images of one class apart).
+  (train and test, 20,000 images): 70% from one class (the dense cluster, 1400 cats) and 30%
+  from four others (four sparse clusters of 150: airplane, automobile, ship, truck). Each entity
+  has a class-level visual vector v (the embedding's first 8 whitened PCA components,
+  L2-normalised) and an instance signature s (the next 32, L2-normalised: the SupCon embedding
+  is nearly rank 2, so only the whitened components tell images of one class apart).
 - Two views per entity, each with its own noise: fused features normalise(v + 0.1 e) (what
   k-means clusters), side features rho (s + 0.3 e) compared by raw dot product (PSQE's [r; a]),
   and model inputs [v; s] R + 0.3 e with a different random rotation R per view (the structure

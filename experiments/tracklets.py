@@ -17,8 +17,9 @@ Setup: synthetic animals with coat textures, seen in crowded frames, tracked in 
   tracklet_supcon (tau 0.1), batches of 32 tracklets x 4 frames, Adam 2e-3. Arms: tracklet
   labels; clustered labels (every 5 epochs merge_tracklets on tracklet means, cosine average
   linkage, cannot-link on co-occurring tracklets, cosine-distance threshold 0.2 (the default,
-  picked on a one-seed pilot over 0.2 / 0.3 / 0.5) or 0.4, then tracklet_supcon with
-  merged_id); true identity labels (the oracle, an upper bound). Each with box and mask crops.
+  picked on a pilot over 0.2 / 0.3 / 0.5 with seed 0, which is also reported) or 0.4, then
+  tracklet_supcon with merged_id); true identity labels (the oracle, an upper bound). Each with
+  box and mask crops.
 - Metric: kNN top-1 identity accuracy (k = 1, cosine) of the frames of 2 held-out days (new
   lighting, new groups) against a gallery of the training days' frames labelled with their
   identity; and the pairwise precision / recall of the last re-labelling. Mean and std over seeds.

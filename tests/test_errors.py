@@ -78,3 +78,28 @@ def test_embeddings_report_shape_and_bad_count():
         check_embeddings("f", "x", bad)
     with pytest.raises(InputError, match=r"4 rows \(from 'q'\)"):
         check_embeddings("f", "k", torch.ones(3, 2), rows=4, like="q")
+
+
+def test_int_accepts_integral_numbers_and_names_the_bound():
+    import numpy as np
+
+    from contrastkit.errors import check_int
+
+    assert check_int("f", "k", 3, 1) == 3 and type(check_int("f", "k", np.int64(4), 1)) is int
+    assert check_int("f", "k", -7) == -7  # no bound
+    for bad, bound in ((0, ">= 1"), (True, ">= 1"), (2.0, ">= 1"), ("3", ">= 1")):
+        with pytest.raises(InputError, match=f"f: argument 'k' must be an int {bound}; got"):
+            check_int("f", "k", bad, 1)
+    with pytest.raises(InputError, match=r"f: argument 'k' must be an int in \[1, 5\]; got 6"):
+        check_int("f", "k", 6, 1, 5)
+
+
+def test_generator_accepts_none_or_a_generator():
+    from contrastkit.errors import check_generator
+
+    g = torch.Generator()
+    assert check_generator("f", g) is g and check_generator("f", None) is None
+    with pytest.raises(
+        InputError, match="f: argument 'generator' must be a torch.Generator or None; got int"
+    ):
+        check_generator("f", 0)

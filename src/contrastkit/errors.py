@@ -176,6 +176,32 @@ def check_flag(fn: str, name: str, value: object) -> bool:
     return value
 
 
+def check_int(
+    fn: str, name: str, value: object, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """Check an int (numpy ints too; bools refused: True would silently mean 1) in [minimum, maximum]."""
+    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not is_int or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if minimum is not None and maximum is not None:
+            bound = f" in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            bound = f" >= {minimum}"
+        else:
+            bound = "" if maximum is None else f" <= {maximum}"
+        raise InputError(f"{fn}: argument '{name}' must be an int{bound}; got {value!r}.")
+    return int(value)
+
+
+def check_generator(fn: str, generator: object) -> torch.Generator | None:
+    """Check a ``torch.Generator`` or None (None draws from torch's global generator)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputError(
+            f"{fn}: argument 'generator' must be a torch.Generator or None; got {type(generator).__name__}. "
+            f"Pass torch.Generator().manual_seed(seed)."
+        )
+    return generator
+
+
 def check_nonzero_rows(fn: str, name: str, t: torch.Tensor) -> None:
     """Raise if a row has zero norm: its cosine similarity is undefined (and its gradient ~1e12)."""
     zero = t.detach().abs().amax(dim=-1) == 0

@@ -119,8 +119,11 @@ def test_errors() -> None:
         degrade(x, ok + 6)
     with pytest.raises(InputError, match="severities.*integer"):
         composition_id(ok.float())
-    with pytest.raises(InputError, match="images.*\\[0, 1\\]"):
+    with pytest.raises(InputError, match="images.*\\[0, 1\\].*values in \\[0.*, 2"):
         degrade(x * 2, ok)
+    with pytest.raises(InputError, match="degrade: argument 'images' of size \\(3, 3\\) is too small"):
+        degrade(torch.rand(1, 3, 3, 3), torch.tensor([[5, 0, 0, 0]]))
+    assert degrade(torch.rand(1, 3, 3, 3), torch.tensor([[2, 0, 0, 0]])).shape == (1, 3, 3, 3)
     with pytest.raises(InputError, match="images.*\\(N, 3, H, W\\)"):
         degrade(x[0], ok)
     with pytest.raises(InputError, match="NaN"):

@@ -62,6 +62,6 @@ def test_verdict_follows_the_numbers() -> None:
         runs["xcon"] = [{"balanced_acc": v, "site_decodability": 30.0} for v in xcon]
         return runs
 
-    assert module.verdict(results([70.0, 71.0, 72.0], [61.0, 62.0, 60.0])).endswith("reproduced.")
+    assert module.verdict(results([70.0, 71.0, 72.0], [61.0, 62.0, 60.0])).endswith(") reproduced.")
     assert "partly reproduced" in module.verdict(results([60.0, 61.0, 62.0], [70.0, 71.0, 72.0]))
     assert "did not reproduce" in module.verdict(results([55.0, 70.0, 62.0], [61.0, 60.0, 62.0]))

@@ -52,3 +52,24 @@ def test_metrics_on_known_scores() -> None:
     # between-class SS 0 when both classes share one mean
     assert module.class_eta2(torch.tensor([0.0, 2.0, 2.0, 0.0]), labels) == 0.0
     assert module.auroc(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 3.0])) == 0.5
+
+
+def test_verdict_follows_the_numbers() -> None:
+    module = load_experiment("degradation")
+    frozen = {"auroc": 0.60, "auroc_1": 0.52, "auroc_5": 0.66, "spearman": 0.2, "eta2": 0.25}
+
+    def results(**multi: float) -> dict:
+        runs = {
+            arm: [{k: v + d for k, v in frozen.items()} for d in (-0.002, 0.0, 0.002)] for arm in module.ARMS
+        }
+        row = (
+            frozen | {"auroc": 0.80, "auroc_1": 0.60, "auroc_5": 0.90, "spearman": 0.6, "eta2": 0.05} | multi
+        )
+        runs["multi"] = [{k: v + d for k, v in row.items()} for d in (-0.002, 0.0, 0.002)]
+        return runs
+
+    assert module.verdict(results()).endswith(") reproduced.")
+    assert module.verdict(results(spearman=0.45)).endswith(") partly reproduced.")  # not graded enough
+    assert module.verdict(results(eta2=0.25)).endswith(") partly reproduced.")  # not content-invariant
+    flat = {"auroc": 0.60, "auroc_1": 0.60, "auroc_5": 0.60, "eta2": 0.25}
+    assert module.verdict(results(**flat)).endswith(") did not reproduce.")

@@ -47,3 +47,20 @@ def test_pair_scores_by_hand() -> None:
     # labels {0, 1, 2} {3}: one of the three predicted pairs is right; one of two true pairs found
     precision, recall = module.pair_scores(torch.tensor([5, 5, 5, 6]), identity)
     assert abs(precision - 1 / 3) < 1e-12 and abs(recall - 1 / 2) < 1e-12
+
+
+def test_verdict_follows_the_numbers() -> None:
+    module = load_experiment("tracklets")
+
+    def results(clustered_mask: float, clustered_box: float) -> dict:
+        runs = {
+            key: [{"top1": 0.70 + d} for d in (-0.01, 0.0, 0.01)]
+            for key in [(arm, crop) for arm in module.LABELINGS for crop in module.CROPS]
+        }
+        runs[("clustered", "mask")] = [{"top1": clustered_mask + d} for d in (-0.01, 0.0, 0.01)]
+        runs[("clustered", "box")] = [{"top1": clustered_box + d} for d in (-0.01, 0.0, 0.01)]
+        return runs
+
+    assert module.verdict(results(0.90, 0.70)).endswith(") reproduced.")
+    assert module.verdict(results(0.90, 0.89)).endswith(") partly reproduced.")  # masks: no clear gain
+    assert module.verdict(results(0.70, 0.80)).endswith(") did not reproduce.")

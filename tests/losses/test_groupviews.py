@@ -258,6 +258,7 @@ def _constant_encoder(ids, mask, item):
         ({"encode_fn": lambda ids, mask, item: torch.ones(3, 4)}, r"encode_fn output \(view 1\).*2 rows"),
         ({"encode_fn": lambda ids, mask, item: torch.full((2, 4), math.nan)}, "encode_fn output.*NaN"),
         ({"encode_fn": lambda ids, mask, item: torch.ones(2)}, "encode_fn output"),
+        ({"encode_fn": lambda ids, mask, item: torch.zeros(2, 4)}, r"encode_fn output \(view 1\).*all-zero"),
     ],
 )
 def test_group_view_nt_xent_bad_inputs_raise(kwargs: dict, match: str) -> None:

@@ -160,7 +160,7 @@ def test_bf16_is_finite() -> None:
 
 
 def test_every_tracklet_singleton_raises() -> None:
-    with pytest.raises(NoPositivePairsError):
+    with pytest.raises(NoPositivePairsError, match="tracklet_supcon: no frame has a positive"):
         tracklet_supcon(unit_rows(4, 3, seed=11), torch.arange(4))
     # merging cannot rescue a co-occurring pair
     with pytest.raises(NoPositivePairsError):
@@ -190,5 +190,6 @@ def test_every_tracklet_singleton_raises() -> None:
 )
 def test_bad_inputs_raise(kwargs: dict, match: str) -> None:
     args = {"z": torch.randn(8, 3), "tracklet_id": TRACKLETS, "cooccur": COOCCUR} | kwargs
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(InputError, match=match) as info:
         tracklet_supcon(**args)
+    assert str(info.value).startswith("tracklet_supcon: ")

@@ -53,6 +53,16 @@ def test_cannot_link_blocks_a_merge_and_propagates_to_clusters() -> None:
     assert constrained_cluster(x, torch.tensor([[0, 1]]), t).tolist() == [0, 1, 1, 2]
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_cannot_link_of_any_integer_dtype(dtype: torch.dtype) -> None:
+    # uint8 index tensors would act as boolean masks and int8/int16 ones are refused by torch
+    x = _angles(0, 1, 90, 91)
+    pairs = torch.tensor([[0, 1], [2, 3], [1, 0], [3, 2]])
+    want = constrained_cluster(x, pairs, 0.5)
+    assert want.tolist() == [0, 1, 2, 3]
+    assert constrained_cluster(x, pairs.to(dtype), 0.5).tolist() == want.tolist()
+
+
 def test_no_cluster_ever_holds_a_cannot_link_pair() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 4, generator=g, dtype=torch.float64)
@@ -145,3 +155,6 @@ def test_helper_bad_inputs_raise() -> None:
         cooccurring_pairs(torch.zeros(2, 2).long(), torch.tensor([0, 1]))
     with pytest.raises(InputError, match="'tracklet_id' must have shape"):
         merge_tracklets(torch.randn(3, 2), torch.tensor([0, 1]), None, 0.5)
+    opposite = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])  # tracklet 7's frames cancel
+    with pytest.raises(InputError, match="merge_tracklets: the unit frame embeddings of tracklet 7"):
+        merge_tracklets(opposite, torch.tensor([7, 7, 9]), None, 0.5)

@@ -316,6 +316,13 @@ def test_errors_of_the_building_blocks() -> None:
         InputError, match=f"{fn}: argument 'neighbours_right' holds indices outside \\[-1, 4\\)"
     ):
         neighbour_expand(x, x, *seeds, good, torch.full((4, 2), 7))
+    # float neighbour rows used to reach torch's indexing (IndexError) instead of a clear error
+    with pytest.raises(InputError, match=f"{fn}: argument 'neighbours_left' must be a \\(4, K\\) integer"):
+        neighbour_expand(x, x, *seeds, torch.full((4, 2), 1.0), good)
+    # no seeds: the error names neighbour_expand, not the row_max_filter it calls
+    none = torch.zeros(0, dtype=torch.long)
+    with pytest.raises(InputError, match=f"{fn}: arguments 'left_idx' and 'right_idx' are empty"):
+        neighbour_expand(x, x, none, none, good, good)
 
 
 def test_half_precision_inputs_work() -> None:

@@ -46,6 +46,31 @@ class TinyConvAE(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+class UnusedDecoderAE(nn.Module):
+    """6 -> 3 -> 6 with a second decoder weight ``spare`` that the forward pass never uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(6, 3)
+        self.decoder = nn.Linear(3, 6)
+        self.spare = nn.Linear(3, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class BatchNormAE(nn.Module):
+    """TinyAE with batch norm in the encoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(6, 3), nn.BatchNorm1d(3))
+        self.decoder = nn.Sequential(nn.Linear(3, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
 class WrongShapeAE(nn.Module):
     """Returns (B, 5) for a (B, 6) input: not a reconstruction."""
 
@@ -310,6 +335,21 @@ def test_training_loss_errors() -> None:
     wrong = _model(WrongShapeAE)
     with pytest.raises(InputError, match="reconstruction"):
         gradcon_training_loss(wrong, _data(2, 6, seed=0), GradientReference(wrong))
+    # not a module: the check runs before named_parameters() (an AttributeError before)
+    with pytest.raises(
+        InputError, match="gradcon_training_loss: argument 'autoencoder' must be a torch.nn.Module"
+    ):
+        gradcon_training_loss(object(), _data(2, 6, seed=0), reference)
+    # a chosen weight the forward pass never uses: a clear error, not torch's "not used in the graph"
+    spare = UnusedDecoderAE().double()
+    for ready in (False, True):
+        unused = GradientReference(spare, layers=["decoder.weight", "spare.weight"])
+        if ready:
+            unused.update({n: torch.ones_like(p) for n, p in spare.named_parameters() if n in unused.layers})
+        with pytest.raises(
+            InputError, match=r"gradcon_training_loss: layers \['spare.weight'\] do not take part"
+        ):
+            gradcon_training_loss(spare, _data(2, 6, seed=0), unused)
 
 
 # ---------------------------------------------------------------- gradcon_scores errors
@@ -342,6 +382,22 @@ def test_score_errors() -> None:
     wrong = _model(WrongShapeAE)
     with pytest.raises(InputError, match="reconstruction"):
         gradcon_scores(wrong, x, _random_reference(wrong, 2))
+    # a non-finite reference: NaN was reported as "all zero", inf gave NaN scores silently
+    for bad in (math.nan, math.inf):
+        poisoned = {n: g.clone() for n, g in reference.items()}
+        poisoned["decoder.0.weight"][0, 0] = bad
+        with pytest.raises(
+            InputError,
+            match=r"gradcon_scores: argument 'reference_grads\['decoder.0.weight'\]' contains 1 NaN/inf",
+        ):
+            gradcon_scores(model, x, poisoned)
+    # batch norm in training mode mixes the samples (torch raised a bare ValueError here)
+    bn = _model(BatchNormAE)
+    with pytest.raises(
+        InputError, match=r"gradcon_scores: .*batch norm or dropout in training mode.*eval\(\)"
+    ):
+        gradcon_scores(bn, x, _random_reference(bn, 3))
+    assert gradcon_scores(bn.eval(), x, _random_reference(bn, 3)).shape == (3,)
 
 
 # ---------------------------------------------------------------- bin_scores

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from contrastkit.errors import InputError
+from contrastkit.errors import InputError, check_generator
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -45,14 +45,6 @@ def _check_optional_int(fn: str, name: str, value: object, low: int) -> int | No
     return value
 
 
-def _check_generator(fn: str, generator: object) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(
-            f"{fn}: argument 'generator' must be a torch.Generator or None; got {type(generator).__name__}."
-        )
-    return generator
-
-
 def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
     """A uniform int in {low, ..., high} (inclusive)."""
     return low + int(torch.randint(high - low + 1, (), generator=generator))
@@ -67,7 +59,7 @@ def debias_sentences(
     """
     fn = "debias_sentences"
     n_sent = _check_optional_int(fn, "n_sent", n_sent, 1)
-    generator = _check_generator(fn, generator)
+    generator = check_generator(fn, generator)
     sentences = list(sentences)
     if not sentences:
         raise InputError(f"{fn}: argument 'sentences' is empty; a caption needs at least one sentence.")
@@ -166,7 +158,7 @@ class DeBiasCaptionAugment:
         self.ctx_len = ctx_len
         self.n_sent = _check_optional_int(fn, "n_sent", n_sent, 1)
         self.n_pad = _check_optional_int(fn, "n_pad", n_pad, 0)
-        self.generator = _check_generator(fn, generator)
+        self.generator = check_generator(fn, generator)
         self.pad_id = int(getattr(tokenizer, "pad_id", 0))
         self.eos_id = getattr(tokenizer, "eos_id", None)
 
@@ -194,7 +186,7 @@ class DeBiasCaptionAugment:
     def __call__(self, captions: str | Sequence[str], generator: torch.Generator | None = None) -> dict:
         """caption (str) -> {"input_ids", "attention_mask"} (1, L); list of str -> (B, L)."""
         fn = "DeBiasCaptionAugment"
-        generator = _check_generator(fn, generator) or self.generator
+        generator = check_generator(fn, generator) or self.generator
         single = isinstance(captions, str)
         texts = [captions] if single else captions
         if not isinstance(texts, Sequence) or not texts or not all(isinstance(t, str) for t in texts):

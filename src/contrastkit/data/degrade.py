@@ -4,7 +4,8 @@ A composition gives every degradation kind a severity s_k in 0..5 (0 = absent); 
 applied in the fixed order of ``DEGRADATIONS`` (optics, then sensor, then compression):
 
     blur      Gaussian blur, sigma           0.4, 0.6, 0.7, 0.8, 1.0 px
-    contrast  x -> m + c (x - m), m the image mean, c = 0.75, 0.5, 0.4, 0.3, 0.15
+    contrast  x -> m + c (x - m), m the image mean over channels and pixels (CIFAR-10-C takes
+              it per channel), c = 0.75, 0.5, 0.4, 0.3, 0.15
     noise     x + N(0, sigma^2) clipped to [0, 1], sigma = 0.04, 0.06, 0.08, 0.09, 0.10
     jpeg      a Pillow JPEG round trip at quality 80, 65, 58, 50, 40
 
@@ -54,9 +55,17 @@ def degrade(
     images = check_embeddings(fn, "images", images, shape="(N, 3, H, W)", ndims=(4,))
     if images.shape[1] != 3 or float(images.min()) < 0 or float(images.max()) > 1:
         raise InputError(
-            f"{fn}: argument 'images' must be RGB (N, 3, H, W) in [0, 1]; got {tuple(images.shape)}."
+            f"{fn}: argument 'images' must be RGB (N, 3, H, W) in [0, 1]; got shape "
+            f"{tuple(images.shape)}, values in [{float(images.min()):.3g}, {float(images.max()):.3g}]."
         )
     severities = _check_severities(fn, severities, images.shape[0])
+    blur = int(severities[:, DEGRADATIONS.index("blur")].max()) if severities.numel() else 0
+    if blur and min(images.shape[-2:]) <= _blur_radius(LEVELS["blur"][blur - 1]):
+        raise InputError(
+            f"{fn}: argument 'images' of size {tuple(images.shape[-2:])} is too small for blur at "
+            f"severity {blur} (reflect padding of {_blur_radius(LEVELS['blur'][blur - 1])} px needs H "
+            f"and W above it); pass larger images or no blur."
+        )
     out = images.clone()
     for k, kind in enumerate(DEGRADATIONS):
         level = severities[:, k]
@@ -77,7 +86,7 @@ def degrade(
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """(N, C, H, W) -> blurred, a separable Gaussian of std ``sigma`` px (radius ceil(3 sigma)),
     reflect padding."""
-    radius = max(1, int(np.ceil(3 * sigma)))
+    radius = _blur_radius(sigma)
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
@@ -85,6 +94,10 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
     x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _blur_radius(sigma: float) -> int:
+    return max(1, int(np.ceil(3 * sigma)))
 
 
 def reduce_contrast(images: torch.Tensor, factor: float) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from contrastkit.distributed import get_rank, get_world_size
-from contrastkit.errors import InputError
+from contrastkit.errors import InputError, check_int
 
 
 def _as_list(fn: str, name: str, values: Sequence[Hashable] | torch.Tensor | np.ndarray) -> list[Hashable]:
@@ -34,17 +34,11 @@ def _as_list(fn: str, name: str, values: Sequence[Hashable] | torch.Tensor | np.
     return values
 
 
-def _check_int(fn: str, name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{fn}: argument '{name}' must be an int >= {minimum}; got {value!r}.")
-    return value
-
-
 class _ResumableBatchSampler(torch.utils.data.Sampler):
     """Shared epoch / position bookkeeping; subclasses implement ``_plan(epoch) -> batches``."""
 
     def __init__(self, seed: int) -> None:
-        self.seed = _check_int(type(self).__name__, "seed", seed, 0)
+        self.seed = check_int(type(self).__name__, "seed", seed, 0)
         self.epoch = 0
         self.start_batch = 0
         self.position = 0
@@ -62,8 +56,8 @@ class _ResumableBatchSampler(torch.utils.data.Sampler):
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select ``epoch``'s shuffle; the next iteration starts at batch ``start_batch`` of it."""
-        self.epoch = _check_int(type(self).__name__, "epoch", epoch, 0)
-        self.start_batch = _check_int(type(self).__name__, "start_batch", start_batch, 0)
+        self.epoch = check_int(type(self).__name__, "epoch", epoch, 0)
+        self.start_batch = check_int(type(self).__name__, "start_batch", start_batch, 0)
         self.position = self.start_batch
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -124,7 +118,7 @@ class NoDuplicatesBatchSampler(_ResumableBatchSampler):
         fn = "NoDuplicatesBatchSampler"
         super().__init__(seed)
         self.groups = _as_list(fn, "groups", groups)
-        self.batch_size = _check_int(fn, "batch_size", batch_size, 1)
+        self.batch_size = check_int(fn, "batch_size", batch_size, 1)
         distinct = len(set(self.groups))
         if self.batch_size > distinct:
             raise InputError(
@@ -182,8 +176,8 @@ class ClassBalancedBatchSampler(_ResumableBatchSampler):
         fn = "ClassBalancedBatchSampler"
         super().__init__(seed)
         self.labels = _as_list(fn, "labels", labels)
-        self.classes_per_batch = _check_int(fn, "classes_per_batch", classes_per_batch, 1)
-        self.samples_per_class = _check_int(fn, "samples_per_class", samples_per_class, 1)
+        self.classes_per_batch = check_int(fn, "classes_per_batch", classes_per_batch, 1)
+        self.samples_per_class = check_int(fn, "samples_per_class", samples_per_class, 1)
         members: dict[Hashable, list[int]] = {}
         for index, label in enumerate(self.labels):
             members.setdefault(label, []).append(index)
@@ -231,8 +225,8 @@ def split_rows(total: int, world: int) -> list[int]:
 
     The first ``total % world`` ranks get one row more: ``split_rows(10, 4) == [3, 3, 2, 2]``.
     """
-    total = _check_int("split_rows", "total", total, 0)
-    world = _check_int("split_rows", "world", world, 1)
+    total = check_int("split_rows", "total", total, 0)
+    world = check_int("split_rows", "world", world, 1)
     base, extra = divmod(total, world)
     return [base + 1 if r < extra else base for r in range(world)]
 
@@ -241,8 +235,8 @@ def _rank_and_world(fn: str, rank: int | None, world_size: int | None) -> tuple[
     """(rank, world_size), each defaulting to torch.distributed's (0 / 1 without a process group)."""
     world_size = get_world_size() if world_size is None else world_size
     rank = get_rank() if rank is None else rank
-    world_size = _check_int(fn, "world_size", world_size, 1)
-    rank = _check_int(fn, "rank", rank, 0)
+    world_size = check_int(fn, "world_size", world_size, 1)
+    rank = check_int(fn, "rank", rank, 0)
     if rank >= world_size:
         raise InputError(
             f"{fn}: argument 'rank' must be in [0, {world_size}) for world_size={world_size}; got {rank}."

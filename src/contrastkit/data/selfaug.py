@@ -20,8 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from contrastkit.data.augment import _check_generator
-from contrastkit.errors import InputError, check_finite, check_range, check_tensor
+from contrastkit.errors import InputError, check_finite, check_generator, check_range, check_tensor
 
 Augmentation = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
@@ -188,13 +187,13 @@ class SelfAugmentedNegatives:
         self.max_tries = max_tries
         self.min_changed_fraction = check_range(fn, "min_changed_fraction", min_changed_fraction, 0.0, 1.0)
         self.min_rms = check_range(fn, "min_rms", min_rms, 0.0, math.inf)
-        self.generator = _check_generator(fn, generator)
+        self.generator = check_generator(fn, generator)
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> SelfAugmented:
         """image: (3, H, W) uint8 or float in [0, 1] -> SelfAugmented(copies (n, 3, H, W), dropped)."""
         fn = "SelfAugmentedNegatives"
         image = _check_image(fn, image)
-        generator = _check_generator(fn, generator) or self.generator
+        generator = check_generator(fn, generator) or self.generator
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         copies, dropped = [], 0
         for _ in range(self.count):

@@ -12,7 +12,7 @@ import torch
 
 from contrastkit.data.badrecords import DataError
 from contrastkit.data.dataset import ContrastiveDataset
-from contrastkit.data.samplers import _check_int, _rank_and_world
+from contrastkit.data.samplers import _rank_and_world
 from contrastkit.data.shards import (
     _check_extensions,
     _check_keys,
@@ -23,7 +23,7 @@ from contrastkit.data.shards import (
     _shard_paths,
 )
 from contrastkit.data.sources import MODALITIES, Record
-from contrastkit.errors import InputError
+from contrastkit.errors import InputError, check_int
 
 #: ``record["index"] = shard number * INDEX_STRIDE + position in the shard``.
 INDEX_STRIDE = 10**6
@@ -99,8 +99,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         fn = "ShardStream"
         self.keys = _check_keys(fn, keys)
         self.urls = _shard_paths(fn, urls)
-        self.seed = _check_int(fn, "seed", seed, 0)
-        self.shuffle_buffer = _check_int(fn, "shuffle_buffer", shuffle_buffer, 0)
+        self.seed = check_int(fn, "seed", seed, 0)
+        self.shuffle_buffer = check_int(fn, "shuffle_buffer", shuffle_buffer, 0)
         self.rank, self.world_size = _rank_and_world(fn, rank, world_size)
         self.name = name or Path(self.urls[0]).parent.name or "shards"
         self.modalities = tuple(m for m in MODALITIES if m in self.keys)
@@ -111,12 +111,12 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch``'s shard order and shuffle; the next iteration starts at its beginning."""
-        self.epoch = _check_int("ShardStream.set_epoch", "epoch", epoch, 0)
+        self.epoch = check_int("ShardStream.set_epoch", "epoch", epoch, 0)
         self.yielded = self._skip = 0
 
     def skip(self, n: int) -> None:
         """Make the next iteration skip the first ``n`` records of this rank's epoch sequence."""
-        self.yielded = self._skip = _check_int("ShardStream.skip", "n", n, 0)
+        self.yielded = self._skip = check_int("ShardStream.skip", "n", n, 0)
 
     def state_dict(self) -> dict[str, Any]:
         """{"epoch", "seed", "yielded"}: yielded = records handed out in this epoch (num_workers=0)."""

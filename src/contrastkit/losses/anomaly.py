@@ -12,6 +12,7 @@ from contrastkit.errors import (
     InputError,
     check_embeddings,
     check_flag,
+    check_generator,
     check_same_device,
     check_temperature,
 )
@@ -180,8 +181,7 @@ def anomaly_window_info_nce(
     n_background = _count(fn, "n_background", n_background)
     max_tries = _count(fn, "max_tries", max_tries)
     symmetric = check_flag(fn, "symmetric", symmetric)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(f"{fn}: argument 'generator' must be a torch.Generator or None; got {generator!r}.")
+    check_generator(fn, generator)
 
     dtype = compute_dtype(z_a, z_b)
     z = torch.stack([z_a, z_b]).to(dtype)

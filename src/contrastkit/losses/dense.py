@@ -13,6 +13,7 @@ from contrastkit.errors import (
     check_choice,
     check_embeddings,
     check_flag,
+    check_generator,
     check_range,
     check_same_device,
     check_scalar,
@@ -85,7 +86,7 @@ def dense_info_nce(
     check_choice(fn, "negatives", negatives, DENSE_NEGATIVES)
     check_choice(fn, "reduction", reduction, REDUCTIONS)
     check_flag(fn, "normalize", normalize)
-    _check_generator(fn, generator)
+    check_generator(fn, generator)
     batch, channels = f1.shape[:2]
     q, k = _locations(fn, f1, f2, max_locations, generator)
     n = q.shape[1]
@@ -110,11 +111,6 @@ def dense_info_nce(
         return loss
     every = torch.ones(loss.numel(), dtype=torch.bool, device=loss.device)
     return reduce_anchor_losses(fn, loss.reshape(-1), every, reduction)
-
-
-def _check_generator(fn: str, generator: object) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(f"{fn}: argument 'generator' must be a torch.Generator or None; got {generator!r}.")
 
 
 def _locations(fn, f1, f2, max_locations, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +154,7 @@ def channel_dropout(
             else type(features).__name__
         )
         raise InputError(f"{fn}: argument 'features' must be a (B, C, *spatial) tensor; got {got}.")
-    _check_generator(fn, generator)
+    check_generator(fn, generator)
     if not training or p == 0.0:
         return features
     device = generator.device if generator is not None else features.device

@@ -16,7 +16,6 @@ arXiv 2504.13703 (release: github.com/soso-young/C3).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 
 import torch
@@ -25,8 +24,11 @@ from contrastkit.errors import (
     InputError,
     check_embeddings,
     check_flag,
+    check_generator,
     check_has_negatives,
+    check_int,
     check_labels,
+    check_nonzero_rows,
     check_range,
     check_same_device,
     check_temperature,
@@ -124,7 +126,9 @@ def group_view_nt_xent(
     for view, ids in enumerate(_draw_views(members, lengths, keep, size_threshold, generator), 1):
         ids, mask = _view_mask(ids, lengths, faithful_mask)
         z = encode_fn(ids, mask, item)
-        encoded.append(check_embeddings(fn, f"encode_fn output (view {view})", z, rows=n_groups))
+        name = f"encode_fn output (view {view})"
+        encoded.append(check_embeddings(fn, name, z, rows=n_groups))
+        check_nonzero_rows(fn, name, z)
     return nt_xent(encoded[0], encoded[1], temperature)
 
 
@@ -199,15 +203,9 @@ def _check_view_options(
     keep = check_range(fn, "keep", keep, 0.0, 1.0)
     if keep == 0:
         raise InputError(f"{fn}: argument 'keep' must be in (0, 1]; got 0 (a view needs a member).")
-    if (
-        isinstance(size_threshold, bool)
-        or not isinstance(size_threshold, numbers.Integral)
-        or size_threshold < 0
-    ):
-        raise InputError(f"{fn}: argument 'size_threshold' must be an int >= 0; got {size_threshold!r}.")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(f"{fn}: argument 'generator' must be a torch.Generator or None; got {generator!r}.")
-    return keep, int(size_threshold)
+    size_threshold = check_int(fn, "size_threshold", size_threshold, 0)
+    check_generator(fn, generator)
+    return keep, size_threshold
 
 
 def _draw_views(

@@ -7,8 +7,6 @@ InfoNCE between the class prototypes of a source and a target domain. Both follo
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +14,8 @@ from contrastkit.errors import (
     InputError,
     NoPositivePairsError,
     check_embeddings,
+    check_generator,
+    check_int,
     check_nonzero_rows,
     check_same_device,
     check_temperature,
@@ -24,15 +24,6 @@ from contrastkit.errors import (
 from contrastkit.functional import compute_dtype, reduce_anchor_losses
 from contrastkit.losses.clip import clip_loss
 from contrastkit.losses.supervised import supcon
-
-
-def _check_int(fn: str, name: str, value: object, minimum: int | None = None) -> int:
-    """An int, >= minimum when given (bools refused)."""
-    bounded = minimum is None or (isinstance(value, numbers.Integral) and value >= minimum)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not bounded:
-        bound = "" if minimum is None else f" >= {minimum}"
-        raise InputError(f"{fn}: argument '{name}' must be an int{bound}; got {value!r}.")
-    return int(value)
 
 
 def _check_label_map(fn: str, name: str, labels: object, shape: tuple[int, ...]) -> torch.Tensor:
@@ -71,8 +62,8 @@ class PixelMemory:
 
     def __init__(self, size_per_class: int, dim: int) -> None:
         fn = "PixelMemory"
-        self.size_per_class = _check_int(fn, "size_per_class", size_per_class, 1)
-        self.dim = _check_int(fn, "dim", dim, 1)
+        self.size_per_class = check_int(fn, "size_per_class", size_per_class, 1)
+        self.dim = check_int(fn, "dim", dim, 1)
         self._queues: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -128,10 +119,9 @@ def sample_pixels_per_class(
     fn = "sample_pixels_per_class"
     labels = check_tensor(fn, "labels", labels, floating=False)
     labels = _check_label_map(fn, "labels", labels, tuple(labels.shape))  # integer ids, any shape
-    per_class = _check_int(fn, "per_class", per_class, 1)
-    ignore_index = _check_int(fn, "ignore_index", ignore_index)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(f"{fn}: argument 'generator' must be a torch.Generator or None; got {generator!r}.")
+    per_class = check_int(fn, "per_class", per_class, 1)
+    ignore_index = check_int(fn, "ignore_index", ignore_index)
+    check_generator(fn, generator)
     flat = labels.reshape(-1)
     draw_device = generator.device if generator is not None else torch.device("cpu")
     chosen = []
@@ -195,8 +185,8 @@ def pixel_supcon(
     check_same_device(fn, features=features, labels=labels)
     features, labels = _check_dense(fn, "features", features, "labels", labels)
     temperature = check_temperature(fn, "temperature", temperature)
-    per_class = _check_int(fn, "per_class", per_class, 1)
-    ignore_index = _check_int(fn, "ignore_index", ignore_index)
+    per_class = check_int(fn, "per_class", per_class, 1)
+    ignore_index = check_int(fn, "ignore_index", ignore_index)
     channels = features.shape[1]
     if memory is not None and not isinstance(memory, PixelMemory):
         raise InputError(
@@ -315,8 +305,8 @@ def prototype_info_nce(
             f"{fn}: 'feat_t' must have the {feat_s.shape[1]} channels of 'feat_s'; got shape "
             f"{tuple(feat_t.shape)}."
         )
-    n_classes = _check_int(fn, "n_classes", n_classes, 2)
-    ignore_index = _check_int(fn, "ignore_index", ignore_index)
+    n_classes = check_int(fn, "n_classes", n_classes, 2)
+    ignore_index = check_int(fn, "ignore_index", ignore_index)
     scale = 1.0 / check_temperature(fn, "temperature", temperature)
     dtype = compute_dtype(feat_s, feat_t)
     sums_s, counts_s = _class_sums(fn, "labels_s", feat_s.to(dtype), labels_s, n_classes, ignore_index)

@@ -10,6 +10,7 @@ from contrastkit.errors import (
     InputError,
     check_embeddings,
     check_finite,
+    check_generator,
     check_labels,
     check_same_device,
     check_temperature,
@@ -125,7 +126,7 @@ def group_rank_n_contrast(
     feat_y = check_embeddings(fn, "feat_y", feat_y, shape="(Ny, D)", dim=feat_x.shape[1], like="feat_x")
     temperature = check_temperature(fn, "temperature", temperature)
     _check_per_group(fn, "anchors_per_group", anchors_per_group)
-    _check_generator(fn, generator)
+    check_generator(fn, generator)
     group_dist = _group_distances(fn, group_dist)
     grp_x = _group_ids(fn, "grp_x", grp_x, feat_x.shape[0], group_dist.shape[0])
     grp_y = _group_ids(fn, "grp_y", grp_y, feat_y.shape[0], group_dist.shape[0])
@@ -169,7 +170,7 @@ def sample_per_group(
         raise InputError(f"{fn}: argument 'groups' must have shape (N,); got {tuple(groups.shape)}.")
     n = groups.shape[0]
     groups = check_labels(fn, "groups", groups, n)
-    _check_generator(fn, generator)
+    check_generator(fn, generator)
     if _check_per_group(fn, "per_group", per_group) is None:
         return torch.arange(n, device=groups.device)
     device = groups.device if generator is None else generator.device
@@ -206,11 +207,6 @@ def _check_per_group(fn: str, name: str, value: object) -> int | None:
     ):
         raise InputError(f"{fn}: argument '{name}' must be an int >= 1 or None (every point); got {value!r}.")
     return value
-
-
-def _check_generator(fn: str, generator: object) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(f"{fn}: argument 'generator' must be a torch.Generator or None; got {generator!r}.")
 
 
 def _real_target(fn: str, name: str, t: object) -> torch.Tensor:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 
 from contrastkit.errors import (
+    NoPositivePairsError,
+    check_choice,
     check_embeddings,
     check_labels,
     check_pairs,
     check_same_device,
     check_temperature,
 )
+from contrastkit.functional import REDUCTIONS
 from contrastkit.losses.supervised import supcon
 
 
@@ -55,22 +58,32 @@ def tracklet_supcon(
     check_same_device(fn, z=z, tracklet_id=tracklet_id, cooccur=cooccur, merged_id=merged_id)
     z = check_embeddings(fn, "z", z, shape="(N, D) or (N, V, D)", ndims=(2, 3))
     temperature = check_temperature(fn, "temperature", temperature)
+    check_choice(fn, "reduction", reduction, REDUCTIONS)
     n = z.shape[0]
     tracklet_id = check_labels(fn, "tracklet_id", tracklet_id, n)
     labels = tracklet_id if merged_id is None else check_labels(fn, "merged_id", merged_id, n)
     positive = labels[:, None] == labels[None, :]
     if cooccur is not None:
         positive = positive & ~_cooccurring_frames(fn, tracklet_id, cooccur)
-    return supcon(z, None, temperature, positive_mask=positive, reduction=reduction)
+    try:
+        return supcon(z, None, temperature, positive_mask=positive, reduction=reduction)
+    except NoPositivePairsError as err:
+        raise NoPositivePairsError(
+            f"{fn}: no frame has a positive (another frame of its tracklet or merged identity that "
+            f"does not co-occur with it) and a negative, so the loss is undefined. Sample several "
+            f"frames per tracklet and several tracklets per batch."
+        ) from err
 
 
 def _cooccurring_frames(fn: str, tracklet_id: torch.Tensor, cooccur: object) -> torch.Tensor:
-    """(N, N) bool: frames i, j belong to a co-occurring tracklet pair (symmetric)."""
-    pairs = check_pairs(fn, "cooccur", cooccur)
-    ids, index = torch.unique(torch.cat([tracklet_id, pairs.flatten()]), return_inverse=True)
-    pair_index = index[tracklet_id.shape[0] :].view(-1, 2)
+    """(N, N) bool: frames i, j belong to a co-occurring tracklet pair (symmetric). Only the pairs
+    of tracklets present in the batch are kept, so a data-set-wide ``cooccur`` costs O(U^2) for the
+    batch's U tracklets, not O(T^2) for all of them."""
+    pairs = check_pairs(fn, "cooccur", cooccur).long()
+    ids, frame = torch.unique(tracklet_id, return_inverse=True)
+    present = torch.isin(pairs, ids).all(dim=1)
+    pair_index = torch.searchsorted(ids, pairs[present])
     linked = torch.zeros(ids.shape[0], ids.shape[0], dtype=torch.bool, device=tracklet_id.device)
     linked[pair_index[:, 0], pair_index[:, 1]] = True
     linked = linked | linked.T
-    frame = index[: tracklet_id.shape[0]]
     return linked[frame][:, frame]

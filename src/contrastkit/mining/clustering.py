@@ -72,7 +72,7 @@ def constrained_cluster(
     dist = (1 - (cos + cos.T) / 2).clamp(min=0.0)  # exactly symmetric
     blocked = torch.zeros(n, n, dtype=torch.bool, device=x.device)
     if cannot_link is not None:
-        pairs = check_pairs(fn, "cannot_link", cannot_link)
+        pairs = check_pairs(fn, "cannot_link", cannot_link).long()  # uint8 would index as a mask
         if pairs.numel() and (int(pairs.min()) < 0 or int(pairs.max()) >= n):
             raise InputError(
                 f"{fn}: argument 'cannot_link' holds row indices outside [0, {n}); got min "
@@ -170,6 +170,13 @@ def merge_tracklets(
     check_nonzero_rows(fn, "frame_embeddings", z)
     tracklet_id = check_labels(fn, "tracklet_id", tracklet_id, z.shape[0])
     sums, _, row_of_frame = group_sums(F.normalize(z.detach().double(), dim=1), tracklet_id)
+    cancelled = sums.abs().amax(dim=1) == 0
+    if bool(cancelled.any()):
+        tracklet = torch.unique(tracklet_id)[cancelled][0].item()
+        raise InputError(
+            f"{fn}: the unit frame embeddings of tracklet {tracklet} in 'frame_embeddings' sum to 0, so "
+            f"its mean has no direction to cluster by. Check the encoder or drop that tracklet."
+        )
     cannot_link = None
     if cooccur is not None:
         pairs = check_pairs(fn, "cooccur", cooccur)

@@ -13,18 +13,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from contrastkit.errors import InputError, check_embeddings, check_flag, check_same_device
+from contrastkit.errors import InputError, check_embeddings, check_flag, check_int, check_same_device
 from contrastkit.eval.retrieval import _topk_rows
 
 #: An embedding function: a list of texts -> (n, D) float tensor (one row per text).
 EmbedFn = Callable[[list[str]], torch.Tensor]
-
-
-def check_positive_int(fn: str, name: str, value: object, hint: str = "") -> int:
-    """An int >= 1 (bools are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{fn}: argument '{name}' must be an int >= 1; got {value!r}.{hint}")
-    return value
 
 
 def embed_texts(
@@ -92,10 +85,10 @@ def dense_top_k(
         fn, "corpus_emb", corpus_emb, shape="(N, D)", dim=query_emb.shape[1], like="query_emb"
     )
     n = corpus_emb.shape[0]
-    k = check_positive_int(fn, "k", k, f" It counts candidates per query (at most the corpus size {n}).")
+    k = check_int(fn, "k", k, 1)
     if k > n:
         raise InputError(f"{fn}: argument 'k' must be <= the corpus size {n}; got {k}. Lower top_k.")
-    batch_size = check_positive_int(fn, "batch_size", batch_size)
+    batch_size = check_int(fn, "batch_size", batch_size, 1)
     if check_flag(fn, "use_faiss", use_faiss):
         return _faiss_top_k(query_emb, corpus_emb, k, batch_size)
     dtype = torch.float64 if torch.float64 in (query_emb.dtype, corpus_emb.dtype) else torch.float32

@@ -15,13 +15,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from contrastkit.errors import InputError, NoPositivePairsError, check_choice, check_flag, check_range
+from contrastkit.errors import (
+    InputError,
+    NoPositivePairsError,
+    check_choice,
+    check_flag,
+    check_generator,
+    check_int,
+    check_range,
+)
 from contrastkit.eval.retrieval import _topk_rows
 from contrastkit.mining.first_stage import (
     BM25Index,
     EmbedFn,
     _progress,
-    check_positive_int,
     dense_top_k,
     embed_texts,
 )
@@ -166,7 +173,7 @@ def _check_window(
 ) -> tuple[int, int | None, int]:
     if isinstance(range_min, bool) or not isinstance(range_min, int) or range_min < 0:
         raise InputError(f"{fn}: argument 'range_min' must be an int >= 0; got {range_min!r}.")
-    num_negatives = check_positive_int(fn, "num_negatives", num_negatives)
+    num_negatives = check_int(fn, "num_negatives", num_negatives, 1)
     if range_max is not None:
         if isinstance(range_max, bool) or not isinstance(range_max, int) or range_max <= range_min:
             raise InputError(
@@ -281,7 +288,7 @@ def mine_hard_negatives(
             f"{fn}: argument 'scorer' must be None or a callable (query_texts, doc_texts) -> (n,) "
             f"scores; got {type(scorer).__name__}."
         )
-    top_k = min(check_positive_int(fn, "top_k", top_k), len(corpus))
+    top_k = min(check_int(fn, "top_k", top_k, 1), len(corpus))
     range_min, range_max, num_negatives = _check_window(fn, range_min, range_max, num_negatives)
     max_score = _check_optional_float(fn, "max_score", max_score)
     if not (min_score is None or min_score == "median"):
@@ -292,10 +299,9 @@ def mine_hard_negatives(
         fn_rel = check_range(fn, "fn_rel", fn_rel, 0.0, 1.0)
     sampling = check_choice(fn, "sampling", sampling, ("top", "random"))
     remove_duplicates = check_flag(fn, "remove_duplicates", remove_duplicates)
-    batch_size = check_positive_int(fn, "batch_size", batch_size)
+    batch_size = check_int(fn, "batch_size", batch_size, 1)
     use_faiss = check_flag(fn, "use_faiss", use_faiss)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(f"{fn}: argument 'generator' must be a torch.Generator or None; got {generator!r}.")
+    check_generator(fn, generator)
     progress = check_flag(fn, "progress", progress)
 
     search = _first_stage(fn, retriever, queries, corpus, top_k, batch_size, use_faiss, progress)

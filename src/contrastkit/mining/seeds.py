@@ -22,7 +22,6 @@ Reference: PSQE, arXiv 2602.22903.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,6 +33,8 @@ from contrastkit.errors import (
     InputError,
     check_embeddings,
     check_flag,
+    check_generator,
+    check_int,
     check_nonzero_rows,
     check_same_device,
     check_tensor,
@@ -112,10 +113,10 @@ def cluster_resample_seeds(
         like="feat_right / fused_left",
     )
     n_left, n_right = feat_left.shape[0], feat_right.shape[0]
-    n_clusters = _check_count(fn, "n_clusters", n_clusters, 1, n_left + n_right)
-    budget = _check_count(fn, "budget", budget, 1)
-    candidate_factor = _check_count(fn, "candidate_factor", candidate_factor, 1)
-    _check_generator(fn, generator)
+    n_clusters = check_int(fn, "n_clusters", n_clusters, 1, n_left + n_right)
+    budget = check_int(fn, "budget", budget, 1)
+    candidate_factor = check_int(fn, "candidate_factor", candidate_factor, 1)
+    check_generator(fn, generator)
     clusters = _kmeans(fn, torch.cat([fused_left, fused_right]), n_clusters, generator)
     cluster_left, cluster_right = clusters[:n_left], clusters[n_left:]
     device = feat_left.device
@@ -165,8 +166,8 @@ def global_top_seeds(
     feat_right = check_embeddings(
         fn, "feat_right", feat_right, shape="(N_R, F)", dim=feat_left.shape[1], like="feat_left"
     )
-    budget = _check_count(fn, "budget", budget, 1)
-    candidate_factor = _check_count(fn, "candidate_factor", candidate_factor, 1)
+    budget = check_int(fn, "budget", budget, 1)
+    candidate_factor = check_int(fn, "candidate_factor", candidate_factor, 1)
     return _greedy_top(
         _dot_blocks(feat_left, feat_right),
         feat_left.shape[0],
@@ -196,11 +197,11 @@ def greedy_one_to_one(
     """
     fn = "greedy_one_to_one"
     scores = check_embeddings(fn, "scores", scores, shape="(R, C)")
-    k = _check_count(fn, "k", k, 1)
+    k = check_int(fn, "k", k, 1)
     n_rows, n_cols = scores.shape
     if candidates is None:
         candidates = n_rows * n_cols
-    candidates = _check_count(fn, "candidates", candidates, 1)
+    candidates = check_int(fn, "candidates", candidates, 1)
     return _greedy_top(_matrix_blocks(scores.to(compute_dtype(scores))), n_rows, n_cols, k, candidates)
 
 
@@ -251,7 +252,7 @@ def add_unseeded_pairs(
     fn = "add_unseeded_pairs"
     fused_left, fused_right = _unit_sides(fn, fused_left, fused_right)
     left_idx, right_idx = _check_pairs(fn, left_idx, right_idx, fused_left.shape[0], fused_right.shape[0])
-    budget = _check_count(fn, "budget", budget, 1)
+    budget = check_int(fn, "budget", budget, 1)
     free_left = _unused(fused_left.shape[0], left_idx)
     free_right = _unused(fused_right.shape[0], right_idx)
     rows, cols = _greedy_top(
@@ -284,7 +285,7 @@ def neighbour_expand(
 
     Args:
         fused_left, fused_right: (N_L, G), (N_R, G) embeddings (normalised inside).
-        left_idx, right_idx: (n,) int64 seed pairs.
+        left_idx, right_idx: (n,) int64 seed pairs, n >= 1.
         neighbours_left, neighbours_right: (N_L, K_L), (N_R, K_R) int64 neighbour lists (graph
             neighbours or k-nearest neighbours), padded with -1.
         mutual: passed to ``row_max_filter`` (also require the column maximum).
@@ -296,6 +297,8 @@ def neighbour_expand(
     fused_left, fused_right = _unit_sides(fn, fused_left, fused_right)
     n_left, n_right = fused_left.shape[0], fused_right.shape[0]
     left_idx, right_idx = _check_pairs(fn, left_idx, right_idx, n_left, n_right)
+    if left_idx.numel() == 0:
+        raise InputError(f"{fn}: arguments 'left_idx' and 'right_idx' are empty; expansion grows from seeds.")
     neighbours_left = _check_neighbours(fn, "neighbours_left", neighbours_left, n_left)
     neighbours_right = _check_neighbours(fn, "neighbours_right", neighbours_right, n_right)
     used_left, used_right = set(left_idx.tolist()), set(right_idx.tolist())
@@ -482,6 +485,7 @@ def _check_neighbours(fn: str, name: str, neighbours: object, n: int) -> torch.T
     neighbours = check_tensor(fn, name, neighbours, floating=False)
     if (
         neighbours.dtype == torch.bool
+        or neighbours.is_floating_point()
         or neighbours.is_complex()
         or neighbours.dim() != 2
         or neighbours.shape[0] != n
@@ -493,20 +497,6 @@ def _check_neighbours(fn: str, name: str, neighbours: object, n: int) -> torch.T
     if neighbours.numel() and (int(neighbours.min()) < -1 or int(neighbours.max()) >= n):
         raise InputError(f"{fn}: argument '{name}' holds indices outside [-1, {n}); -1 is the padding.")
     return neighbours
-
-
-def _check_count(fn: str, name: str, value: object, minimum: int, maximum: int | None = None) -> int:
-    """An int in [minimum, maximum] (bools refused)."""
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise InputError(f"{fn}: argument '{name}' must be an int {bound}; got {value!r}.")
-    return int(value)
-
-
-def _check_generator(fn: str, generator: object) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(f"{fn}: argument 'generator' must be a torch.Generator or None; got {generator!r}.")
 
 
 def _unused(n: int, used: torch.Tensor) -> torch.Tensor:

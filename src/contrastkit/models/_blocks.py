@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from contrastkit.errors import check_choice, check_range
-from contrastkit.models._inputs import check_heads, check_positive_int
+from contrastkit.errors import check_choice, check_int, check_range
+from contrastkit.models._inputs import check_heads
 
 NORMS = ("group", "batch")
 
@@ -35,9 +35,9 @@ class TransformerStack(nn.Module):
 
     def __init__(self, fn: str, dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> None:
         super().__init__()
-        dim = check_positive_int(fn, "dim", dim)
-        check_positive_int(fn, "depth", depth)
-        check_positive_int(fn, "heads", heads)
+        dim = check_int(fn, "dim", dim, 1)
+        check_int(fn, "depth", depth, 1)
+        check_int(fn, "heads", heads, 1)
         check_heads(fn, dim, heads)
         check_range(fn, "dropout", dropout, 0.0, 1.0, high_open=True)
         check_range(fn, "mlp_ratio", mlp_ratio, 0.25, 64.0)

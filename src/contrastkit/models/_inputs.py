@@ -6,19 +6,12 @@ from collections.abc import Mapping
 
 import torch
 
-from contrastkit.errors import InputError, check_scalar, check_tensor
-
-
-def check_positive_int(fn: str, name: str, value: object) -> int:
-    """Check an int >= 1 (bool is refused: True would silently mean 1)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{fn}: argument '{name}' must be an int >= 1; got {value!r}.")
-    return value
+from contrastkit.errors import InputError, check_int, check_scalar, check_tensor
 
 
 def check_optional_dim(fn: str, name: str, value: object) -> int | None:
     """Check None or an int >= 1 (an optional output size)."""
-    return None if value is None else check_positive_int(fn, name, value)
+    return None if value is None else check_int(fn, name, value, 1)
 
 
 def check_heads(fn: str, dim: int, heads: int) -> None:

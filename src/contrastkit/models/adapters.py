@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from contrastkit.errors import InputError, check_choice, check_flag
-from contrastkit.models._inputs import check_dense, check_positive_int, check_text_batch
+from contrastkit.errors import InputError, check_choice, check_flag, check_int
+from contrastkit.models._inputs import check_dense, check_text_batch
 from contrastkit.models.text import masked_mean
 
 
@@ -133,7 +133,7 @@ class HFTextTower(nn.Module):
         self.pooling = check_choice(fn, "pooling", pooling, ("mean", "cls"))
         if max_length is None:
             max_length = _sentence_transformers_length(root) or 128
-        max_length = check_positive_int(fn, "max_length", max_length)
+        max_length = check_int(fn, "max_length", max_length, 1)
         transformers = _import("transformers", "hf", fn)
         self.model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
         pooler = getattr(self.model, "pooler", None)

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastkit.errors import InputError, check_flag, check_temperature
+from contrastkit.errors import InputError, check_flag, check_int, check_temperature
 from contrastkit.losses.scale import LogitScale, mark_no_weight_decay
-from contrastkit.models._inputs import check_number, check_positive_int
+from contrastkit.models._inputs import check_number
 from contrastkit.models.heads import ProjectionHead
 
 RESERVED_KEYS = ("label", "group", "index")
@@ -159,7 +159,7 @@ class ContrastiveModel(nn.Module):
         towers = _check_towers(fn, towers)
         if check_flag(fn, "token_heads", token_heads):
             _check_token_towers(fn, towers)
-        self.embed_dim = check_positive_int(fn, "embed_dim", embed_dim)
+        self.embed_dim = check_int(fn, "embed_dim", embed_dim, 1)
         tau = check_temperature(fn, "init_temperature", init_temperature)
         max_scale = check_number(fn, "max_scale", max_scale, minimum=1.0)
         if not 1.0 <= 1.0 / tau <= max_scale:

@@ -15,6 +15,7 @@ from torch import nn
 from contrastkit.errors import (
     InputError,
     check_embeddings,
+    check_int,
     check_labels,
     check_range,
     check_same_device,
@@ -22,7 +23,6 @@ from contrastkit.errors import (
 )
 from contrastkit.functional import compute_dtype
 from contrastkit.losses.alignment import cosine_alignment
-from contrastkit.models._inputs import check_positive_int
 
 
 class FusionOutput(NamedTuple):
@@ -103,14 +103,14 @@ class GatedFusionHead(nn.Module):
     ) -> None:
         super().__init__()
         fn = "GatedFusionHead"
-        self.in_dim = check_positive_int(fn, "in_dim", in_dim)
+        self.in_dim = check_int(fn, "in_dim", in_dim, 1)
         if isinstance(proj, (str, bytes)) or not isinstance(proj, Sequence) or len(proj) == 0:
             raise InputError(
                 f"{fn}: argument 'proj' must be a non-empty tuple of layer widths; got {proj!r}."
             )
-        widths = tuple(check_positive_int(fn, "proj", w) for w in proj)
-        check_positive_int(fn, "gate_hidden", gate_hidden)
-        check_positive_int(fn, "cls_hidden", cls_hidden)
+        widths = tuple(check_int(fn, "proj", w, 1) for w in proj)
+        check_int(fn, "gate_hidden", gate_hidden, 1)
+        check_int(fn, "cls_hidden", cls_hidden, 1)
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
             raise InputError(
                 f"{fn}: argument 'n_classes' must be an int >= 2 (2 for a binary task); got {n_classes!r}."

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from contrastkit.errors import InputError, check_choice, check_range
-from contrastkit.models._inputs import check_optional_dim, check_positive_int
+from contrastkit.errors import InputError, check_choice, check_int, check_range
+from contrastkit.models._inputs import check_optional_dim
 
 HEAD_KINDS = ("linear", "mlp", "none")
 
@@ -33,8 +33,8 @@ class ProjectionHead(nn.Module):
     ) -> None:
         super().__init__()
         fn = "ProjectionHead"
-        self.in_dim = check_positive_int(fn, "in_dim", in_dim)
-        self.out_dim = check_positive_int(fn, "out_dim", out_dim)
+        self.in_dim = check_int(fn, "in_dim", in_dim, 1)
+        self.out_dim = check_int(fn, "out_dim", out_dim, 1)
         self.kind = check_choice(fn, "kind", kind, HEAD_KINDS)
         check_optional_dim(fn, "hidden", hidden)
         dropout = check_range(fn, "dropout", dropout, 0.0, 1.0, high_open=True)

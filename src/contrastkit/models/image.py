@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from contrastkit.errors import InputError, check_choice, check_range
+from contrastkit.errors import InputError, check_choice, check_int, check_range
 from contrastkit.losses.scale import mark_no_weight_decay
 from contrastkit.models._blocks import TransformerStack, make_norm, output_head
-from contrastkit.models._inputs import check_dense, check_optional_dim, check_positive_int
+from contrastkit.models._inputs import check_dense, check_optional_dim
 
 
 def _conv_block(fn: str, c_in: int, c_out: int, norm: str) -> nn.Sequential:
@@ -57,9 +57,9 @@ class ImageCNN(nn.Module):
     ) -> None:
         super().__init__()
         fn = "ImageCNN"
-        width = check_positive_int(fn, "width", width)
-        depth = check_positive_int(fn, "depth", depth)
-        self.in_channels = check_positive_int(fn, "in_channels", in_channels)
+        width = check_int(fn, "width", width, 1)
+        depth = check_int(fn, "depth", depth, 1)
+        self.in_channels = check_int(fn, "in_channels", in_channels, 1)
         check_optional_dim(fn, "output_dim", output_dim)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
@@ -112,9 +112,9 @@ class ImageViT(nn.Module):
     ) -> None:
         super().__init__()
         fn = "ImageViT"
-        self.image_size = check_positive_int(fn, "image_size", image_size)
-        self.patch_size = check_positive_int(fn, "patch_size", patch_size)
-        self.in_channels = check_positive_int(fn, "in_channels", in_channels)
+        self.image_size = check_int(fn, "image_size", image_size, 1)
+        self.patch_size = check_int(fn, "patch_size", patch_size, 1)
+        self.in_channels = check_int(fn, "in_channels", in_channels, 1)
         if image_size % patch_size:
             raise InputError(f"{fn}: 'patch_size' ({patch_size}) must divide 'image_size' ({image_size}).")
         self.pooling = check_choice(fn, "pooling", pooling, ("cls", "mean"))

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastkit.errors import InputError, check_choice, check_range
+from contrastkit.errors import InputError, check_choice, check_int, check_range
 from contrastkit.losses.scale import mark_no_weight_decay
 from contrastkit.models._blocks import TransformerStack, make_norm, output_head
-from contrastkit.models._inputs import check_dense, check_optional_dim, check_positive_int
+from contrastkit.models._inputs import check_dense, check_optional_dim
 
 
 class SeriesCNN(nn.Module):
@@ -37,9 +37,9 @@ class SeriesCNN(nn.Module):
     ) -> None:
         super().__init__()
         fn = "SeriesCNN"
-        self.in_channels = check_positive_int(fn, "in_channels", in_channels)
-        width = check_positive_int(fn, "width", width)
-        depth = check_positive_int(fn, "depth", depth)
+        self.in_channels = check_int(fn, "in_channels", in_channels, 1)
+        width = check_int(fn, "width", width, 1)
+        depth = check_int(fn, "depth", depth, 1)
         check_optional_dim(fn, "output_dim", output_dim)
         channels = [width * 2 ** min(i, 2) for i in range(depth)]
         layers: list[nn.Module] = [
@@ -96,9 +96,9 @@ class SeriesPatchTransformer(nn.Module):
     ) -> None:
         super().__init__()
         fn = "SeriesPatchTransformer"
-        self.in_channels = check_positive_int(fn, "in_channels", in_channels)
-        self.patch_size = check_positive_int(fn, "patch_size", patch_size)
-        self.max_patches = check_positive_int(fn, "max_patches", max_patches)
+        self.in_channels = check_int(fn, "in_channels", in_channels, 1)
+        self.patch_size = check_int(fn, "patch_size", patch_size, 1)
+        self.max_patches = check_int(fn, "max_patches", max_patches, 1)
         self.pooling = check_choice(fn, "pooling", pooling, ("cls", "mean"))
         check_optional_dim(fn, "output_dim", output_dim)
         check_range(fn, "dropout", dropout, 0.0, 1.0, high_open=True)

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from contrastkit.errors import check_choice, check_range
+from contrastkit.errors import check_choice, check_int, check_range
 from contrastkit.losses.scale import mark_no_weight_decay
 from contrastkit.models._blocks import TransformerStack, output_head
-from contrastkit.models._inputs import check_optional_dim, check_positive_int, check_text_batch
+from contrastkit.models._inputs import check_optional_dim, check_text_batch
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,8 +57,8 @@ class TextTransformer(nn.Module):
     ) -> None:
         super().__init__()
         fn = "TextTransformer"
-        self.vocab_size = check_positive_int(fn, "vocab_size", vocab_size)
-        self.max_length = check_positive_int(fn, "max_length", max_length)
+        self.vocab_size = check_int(fn, "vocab_size", vocab_size, 1)
+        self.max_length = check_int(fn, "max_length", max_length, 1)
         self.pooling = check_choice(fn, "pooling", pooling, ("eos", "mean"))
         check_optional_dim(fn, "output_dim", output_dim)
         check_range(fn, "dropout", dropout, 0.0, 1.0, high_open=True)
