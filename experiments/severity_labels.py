@@ -18,13 +18,19 @@ makes the severity known exactly (the lesion radius) and the run fast.
 - GradCON: a conv autoencoder (32-d bottleneck) trained on healthy images (no lesion, no dot)
   with ``gradcon_training_loss`` (weight 0.03; Adam lr 1e-3), the running-mean reference of its
   decoder weight gradients, then ``gradcon_scores`` (beta = 0.12) over the unlabeled set, binned
-  by ``bin_scores`` (equal-count) into K bins, K swept.
-- Encoders: ImageCNN(width 16, depth 3, GroupNorm) + MLP head to 32-d, 2 views with strong
-  crops (random resized crop, scale 0.2-1, flip, brightness/contrast jitter, noise), Adam lr 1e-3.
-  SimCLR: ``nt_xent`` (tau 0.1). SupCon: ``supcon`` on the bins (tau = tau_b = 0.07).
+  by ``bin_scores`` (equal-count) into K bins, K in {32, 256} (256 bins of 8 images: the paper's
+  large-K regime of a few images per bin).
+- Encoders: ImageCNN(width 16, depth 3, GroupNorm) + MLP head to 32-d, 300 Adam steps (lr 1e-3,
+  batch 64), 2 views with weak crops (random resized crop of area 0.85-1, square, so the dot
+  always stays in view; flip, brightness/contrast jitter, noise). SimCLR: ``nt_xent`` (tau 0.1).
+  SupCon: ``supcon`` on the bins (tau = tau_b = 0.07).
+- Reference rows: a probe on the true radius (severity only); two ceilings, a probe on a
+  high-pass peak feature + the radius and the same encoder trained with BCE on the probe's
+  biomarker labels; SupCon on oracle bins (equal-count bins of the TRUE radius, K = 32), which
+  sets the scorer's quality aside; a random-init encoder (floor).
 - Probe: logistic regression (scikit-learn, standardised backbone features) on a labeled set,
   accuracy and F1 (biomarker = positive class) on a held-out set. The autoencoder and the data
-  are fixed; encoder seeds vary. A random-init encoder is the floor.
+  are fixed; encoder seeds vary.
 
 The full run rewrites the marked block of docs/methods/pseudo-labels.md; ``--quick`` writes
 nowhere unless ``--docs PATH`` is given.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,6 +66,9 @@ LAYER_LEVELS = (0.05, 0.7, 0.35, 0.55, 0.9, 0.15)  # vitreous, 4 retinal layers,
 BOUNDARIES = (7.0, 11.0, 17.0, 22.0, 25.0)
 GRADCON_WEIGHT, BETA = 0.03, 0.12
 MIN_GAIN = 0.01  # an accuracy gain must also exceed 1 point to count
+WEAK_AREA = (0.85, 1.0)  # crop area share: the dot always stays in view (see random_views)
+STEPS = 300  # encoder steps in the full run
+ORACLE_BINS = 32  # K of the oracle arm: ~2 same-bin images per anchor in a batch of 64 of 2048
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,12 +172,16 @@ def train_gradcon(healthy: torch.Tensor, *, steps: int, batch: int, seed: int):
 # --------------------------------------------------------------------------------------------
 
 
-def strong_crops(images: torch.Tensor, g: torch.Generator, scale=(0.2, 1.0)) -> torch.Tensor:
-    """Random resized crops (area share ``scale``, aspect 3/4-4/3), flips, jitter and noise."""
+def random_views(
+    images: torch.Tensor, g: torch.Generator, area=WEAK_AREA, max_aspect: float = 1.0
+) -> torch.Tensor:
+    """Random resized crops (area share ``area``, aspect 1/max_aspect-max_aspect), flips, jitter
+    and noise. The default weak crops (area >= 0.85, square) cut at most 2.5 px off a side, so
+    the dot (>= 3 px from the left/right edges, 3.5 px from the top) always stays in view."""
     n = images.shape[0]
-    area = _uniform(n, *scale, g)
-    ratio = torch.exp(_uniform(n, math.log(3 / 4), math.log(4 / 3), g))
-    sx, sy = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+    share = _uniform(n, *area, g)
+    ratio = torch.exp(_uniform(n, -math.log(max_aspect), math.log(max_aspect), g))
+    sx, sy = (share * ratio).sqrt().clamp(max=1.0), (share / ratio).sqrt().clamp(max=1.0)
     tx, ty = (1 - sx) * _uniform(n, -1, 1, g), (1 - sy) * _uniform(n, -1, 1, g)
     flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
@@ -180,33 +194,45 @@ def strong_crops(images: torch.Tensor, g: torch.Generator, scale=(0.2, 1.0)) -> 
 
 
 class Encoder(nn.Module):
-    """ImageCNN backbone (probed) + MLP projection head (trained through)."""
+    """ImageCNN backbone (probed) + MLP head (trained through): a 32-d embedding for the
+    contrastive arms, one logit for the supervised ceiling."""
 
-    def __init__(self) -> None:
+    def __init__(self, output_dim: int = 32) -> None:
         super().__init__()
         self.backbone = ImageCNN(width=16, depth=3, output_dim=None, in_channels=1)
-        self.head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+        self.head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, output_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.backbone(x)), dim=1)
+        return self.head(self.backbone(x))
+
+
+def _batch_loss(
+    model: Encoder, x: torch.Tensor, labels: torch.Tensor | None, objective: str, g: torch.Generator
+) -> torch.Tensor:
+    if objective == "supervised":
+        logits = model(random_views(x, g)).squeeze(1)
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    z1, z2 = F.normalize(model(torch.cat([random_views(x, g), random_views(x, g)])), dim=1).chunk(2)
+    if objective == "simclr":
+        return nt_xent(z1, z2, temperature=0.1)
+    return supcon(torch.stack([z1, z2], dim=1), labels, temperature=0.07, base_temperature=0.07)
 
 
 def train_encoder(
-    images: torch.Tensor, labels: torch.Tensor | None, *, steps: int, batch: int, seed: int
+    images: torch.Tensor, labels: torch.Tensor | None, objective: str, *, steps: int, batch: int, seed: int
 ) -> Encoder:
-    """SimCLR (``labels`` None) or SupCon on ``labels`` over 2 strong-crop views per image."""
+    """An encoder trained for ``steps`` Adam steps on weak-crop views of ``images``.
+
+    ``objective``: "simclr" (``nt_xent`` over 2 views; ``labels`` unused), "supcon" (``supcon``
+    over 2 views on the bin ids ``labels``) or "supervised" (BCE of one logit on one view against
+    the 0/1 ``labels``; the ceiling)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = Encoder()
+    model = Encoder(output_dim=1 if objective == "supervised" else 32)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(steps):
         idx = torch.randperm(images.shape[0], generator=g)[:batch]
-        x = images[idx]
-        z1, z2 = model(torch.cat([strong_crops(x, g), strong_crops(x, g)])).chunk(2)
-        if labels is None:
-            loss = nt_xent(z1, z2, temperature=0.1)
-        else:
-            loss = supcon(torch.stack([z1, z2], dim=1), labels[idx], temperature=0.07, base_temperature=0.07)
+        loss = _batch_loss(model, images[idx], None if labels is None else labels[idx], objective, g)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -221,6 +247,13 @@ def train_encoder(
 @torch.no_grad()
 def features(model: Encoder, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([model.backbone(block) for block in images.split(512)])
+
+
+def peak_feature(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) -> (N,) the largest high-pass value (image minus its 5 x 5 local mean): a
+    hand-made dot detector for the feature ceiling."""
+    local_mean = F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
+    return (images - local_mean).amax(dim=(1, 2, 3))
 
 
 def probe(train_x, train_y, test_x, test_y) -> dict[str, float]:
@@ -248,13 +281,20 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+REFERENCE_LABELS = {
+    "severity": "probe on the true lesion radius (severity-only reference)",
+    "features": "probe on high-pass peak + true radius (feature ceiling)",
+    "supervised": "encoder trained on the biomarker labels (supervised ceiling)",
+    "random": "random-init encoder (floor)",
+    "simclr": "SimCLR (nt_xent, weak crops)",
+}
+
+
 def arm_label(arm: str) -> str:
-    if arm == "severity":
-        return "probe on the true lesion radius (severity-only reference)"
-    if arm == "random":
-        return "random-init encoder (floor)"
-    if arm == "simclr":
-        return "SimCLR (nt_xent, strong crops)"
+    if arm in REFERENCE_LABELS:
+        return REFERENCE_LABELS[arm]
+    if arm.startswith("oracle"):
+        return f"SupCon on oracle bins of the true radius, K = {arm.split('=')[1]}"
     return f"SupCon on severity bins, K = {arm.split('=')[1]}"
 
 
@@ -266,10 +306,35 @@ def format_table(results: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def _accuracies(results: dict[str, list[dict[str, float]]], arm: str) -> list[float]:
+    return [r["accuracy"] for r in results[arm]]
+
+
+def _diagnosis(results: dict[str, list[dict[str, float]]]) -> str:
+    """What the reference rows say: the room the toy leaves above severity, whether any contrastive
+    encoder uses it, and the gain of oracle bins (scorer quality set aside)."""
+    parts = []
+    severity = statistics.fmean(_accuracies(results, "severity")) if "severity" in results else None
+    ceilings = [arm for arm in ("features", "supervised") if arm in results]
+    if severity is not None and ceilings:
+        best = max(ceilings, key=lambda arm: statistics.fmean(_accuracies(results, arm)))
+        room = statistics.fmean(_accuracies(results, best)) - severity
+        parts.append(f"Room above the severity-only rate: {room:+.3f} ({arm_label(best).split(' (')[0]})")
+    contrastive = [arm for arm in results if arm == "simclr" or arm.startswith(("K=", "oracle"))]
+    if severity is not None:
+        top = max(contrastive, key=lambda arm: statistics.fmean(_accuracies(results, arm)))
+        over = statistics.fmean(_accuracies(results, top)) - severity
+        parts.append(f"best contrastive arm vs severity-only: {over:+.3f} ({arm_label(top)})")
+    for arm in [arm for arm in results if arm.startswith("oracle")]:
+        gain, clear = clear_gain(_accuracies(results, arm), _accuracies(results, "simclr"), MIN_GAIN)
+        parts.append(f"oracle bins minus SimCLR: {gain:+.3f} ({'clear' if clear else 'not clear'})")
+    return "; ".join(parts) + ". " if parts else ""
+
+
 def verdict(results: dict[str, list[dict[str, float]]]) -> str:
-    simclr = [r["accuracy"] for r in results["simclr"]]
+    simclr = _accuracies(results, "simclr")
     bins = [arm for arm in results if arm.startswith("K=")]
-    gains = {arm: clear_gain([r["accuracy"] for r in results[arm]], simclr, MIN_GAIN) for arm in bins}
+    gains = {arm: clear_gain(_accuracies(results, arm), simclr, MIN_GAIN) for arm in bins}
     wins = [arm for arm, (_, clear) in gains.items() if clear]
     outcome = "reproduced" if len(wins) == len(bins) else "partly reproduced" if wins else "did not reproduce"
     listed = ", ".join(f"{arm.replace('=', ' = ')}: {gain:+.3f}" for arm, (gain, _) in gains.items())
@@ -277,26 +342,38 @@ def verdict(results: dict[str, list[dict[str, float]]]) -> str:
     return (
         f"Biomarker accuracy, SupCon on severity bins minus SimCLR ({listed}); clear gain (beyond 2 SE "
         f"and {MIN_GAIN}) at {len(wins)} of {len(bins)} bin counts, best {best.replace('=', ' = ')}. "
+        f"{_diagnosis(results)}"
         f"Claim (severity-bin SupCon beats SimCLR on a small biomarker) {outcome}."
     )
+
+
+def probe_on(featurize, train: Retinas, test: Retinas) -> dict[str, float]:
+    """``probe`` of the biomarker on ``featurize(retinas)`` -> (N, F) features."""
+    return probe(featurize(train), train.biomarker, featurize(test), test.biomarker)
+
+
+def probe_encoder(model: Encoder, train: Retinas, test: Retinas) -> dict[str, float]:
+    """``probe_on`` the encoder's backbone features."""
+    return probe_on(lambda retinas: features(model, retinas.images), train, test)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
     parser.add_argument("--seeds", type=int, default=None, help="encoder seeds per arm (3; 1 with --quick)")
-    parser.add_argument("--steps", type=int, default=None, help="encoder steps (300; 4 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help=f"encoder steps ({STEPS}; 4 with --quick)")
     parser.add_argument("--docs", type=Path, default=None, help="markdown file whose marked block to rewrite")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start, cpu_start = time.time(), time.process_time()
     quick = args.quick
-    steps = args.steps or (4 if quick else 300)
+    steps = args.steps or (4 if quick else STEPS)
     seeds = args.seeds or (1 if quick else 3)
     n_healthy, n_unlabeled, n_probe = (64, 96, 96) if quick else (1024, 2048, 1024)
     ae_steps, batch = (5, 32) if quick else (400, 64)
-    bin_counts = (2, 8) if quick else (4, 32, 256)
+    bin_counts = (2, 8) if quick else (32, 256)
+    oracle_bins = 4 if quick else ORACLE_BINS
     docs = args.docs if quick else (args.docs or DOCS)
 
     g = torch.Generator().manual_seed(0)
@@ -308,30 +385,49 @@ def main(argv: list[str] | None = None) -> int:
     rho = spearman(scores, unlabeled.radius)
     print(f"[{time.time() - start:6.1f}s] GradCON scores: Spearman with lesion radius {rho:+.3f}", flush=True)
 
-    radius_only = probe(
-        probe_train.radius[:, None], probe_train.biomarker, probe_test.radius[:, None], probe_test.biomarker
-    )
-    results: dict[str, list[dict[str, float]]] = {"severity": [radius_only], "random": [], "simclr": []}
-    results.update({f"K={k}": [] for k in bin_counts})
-    for arm in [arm for arm in results if arm != "severity"]:
-        labels = bin_scores(scores, int(arm[2:])) if arm.startswith("K=") else None
+    def hand_features(retinas: Retinas) -> torch.Tensor:
+        return torch.stack([peak_feature(retinas.images), retinas.radius], dim=1)
+
+    results: dict[str, list[dict[str, float]]] = {
+        "severity": [
+            probe(
+                probe_train.radius[:, None],
+                probe_train.biomarker,
+                probe_test.radius[:, None],
+                probe_test.biomarker,
+            )
+        ],
+        "features": [
+            probe(
+                hand_features(probe_train),
+                probe_train.biomarker,
+                hand_features(probe_test),
+                probe_test.biomarker,
+            )
+        ],
+    }
+    labels = {
+        "supervised": ("supervised", probe_train.biomarker),
+        "random": (None, None),
+        "simclr": ("simclr", None),
+        **{f"K={k}": ("supcon", bin_scores(scores, k)) for k in bin_counts},
+        f"oracle K={oracle_bins}": ("supcon", bin_scores(-unlabeled.radius, oracle_bins)),
+    }
+    for arm, (objective, arm_labels) in labels.items():
+        results[arm] = []
+        images = probe_train.images if objective == "supervised" else unlabeled.images
         for seed in range(seeds):
             t0 = time.time()
-            if arm == "random":
+            if objective is None:
                 torch.manual_seed(seed)
                 model = Encoder().eval()
             else:
-                model = train_encoder(unlabeled.images, labels, steps=steps, batch=batch, seed=seed)
-            metrics = probe(
-                features(model, probe_train.images),
-                probe_train.biomarker,
-                features(model, probe_test.images),
-                probe_test.biomarker,
-            )
-            results[arm].append(metrics)
+                model = train_encoder(images, arm_labels, objective, steps=steps, batch=batch, seed=seed)
+            results[arm].append(probe_encoder(model, probe_train, probe_test))
+            done = results[arm][-1]
             print(
-                f"[{time.time() - start:6.1f}s] {arm} seed {seed}: accuracy {metrics['accuracy']:.3f}, "
-                f"F1 {metrics['f1']:.3f} ({time.time() - t0:.0f}s)",
+                f"[{time.time() - start:6.1f}s] {arm} seed {seed}: accuracy {done['accuracy']:.3f}, "
+                f"F1 {done['f1']:.3f} ({time.time() - t0:.0f}s)",
                 flush=True,
             )
 
@@ -342,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     caption = (
         f"Toy OCT retinas ({'--quick' if quick else 'full run'}): GradCON autoencoder {ae_steps} steps on "
         f"{n_healthy} healthy images, scores over {n_unlabeled} unlabeled images (Spearman with lesion "
-        f"radius {rho:+.3f}); encoders {steps} steps x batch {batch} (2 views), {seeds} seed(s), mean ± std; "
+        f"radius {rho:+.3f}); encoders {steps} steps x batch {batch} (weak crops, area {WEAK_AREA[0]}-1), "
+        f"{seeds} seed(s), mean ± std; the supervised ceiling trains on the {n_probe} labeled probe images; "
         f"probe on {n_probe} labeled / {n_probe} test images (biomarker prevalence {prevalence:.2f}, so "
         f"always-negative scores {1 - prevalence:.3f}); run time {runtime:.0f}s wall, "
         f"{cpu_time:.0f}s CPU, on {args.threads} CPU thread(s) of a shared machine."

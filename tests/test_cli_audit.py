@@ -149,3 +149,22 @@ def test_score_pairs_is_the_mean_percentile_rank():
     assert torch.equal(got["safe"], got["safe_posterior"] > 0.5)
     with pytest.raises(InputError, match="score_pairs: 'image_emb' and 'text_emb' must have one row"):
         score_pairs(x, y[:39])
+
+
+def test_csv_cells_from_the_data_cannot_run_as_spreadsheet_formulas(tmp_path):
+    from contrastkit.security.audit import run_audit
+
+    formula = '=HYPERLINK("http://x", "banana")'
+    source = poison_dataset(get_source("shapes", "test", n=24, image_size=16), 0.25, formula, PATCH, seed=1)
+    g = torch.Generator().manual_seed(0)
+
+    def embed(src, modality, indices):  # any embeddings will do: the test is about the CSV cells
+        return torch.randn(len(indices), 4, generator=g), list(indices)
+
+    rows = run_audit(embed, source, tmp_path, method="k_distance", k=3, top=3)
+    assert sum(r["text"] == formula for r in rows) == 6  # the returned rows keep the data as it is
+    written = _rows(tmp_path)
+    assert sum(r["text"] == "'" + formula for r in written) == 6
+    assert not any(r["text"].startswith(("=", "+", "-", "@")) for r in written)
+    plain = [r for r in written if not r["text"].startswith("'")]
+    assert len(plain) == 18 and all(r["text"] == source[int(r["index"])]["text"] for r in plain)

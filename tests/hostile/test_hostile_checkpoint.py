@@ -119,6 +119,38 @@ def test_a_pickle_in_place_of_the_weights_is_refused_and_never_runs(trained, tmp
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("name", ["truncated_weights", "huge_header_length", "empty_files"])
+def test_a_damaged_file_without_checksums_is_refused_by_the_safetensors_reader(
+    name, trained, tmp_path, capsys
+):
+    """The checksums catch every damage above first; a checkpoint written before them has none, so
+    the safetensors reader's own refusal (never an unpickling fallback) must give the one line."""
+    run = _copy(trained, tmp_path)
+    for checkpoint in (run / "checkpoints").iterdir():
+        DAMAGE[name][0](checkpoint)
+        state = checkpoint / "state.json"
+        if state.stat().st_size:
+            state.write_text(
+                json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "checksums"})
+            )
+    err = one_line_error(["eval", str(run), "--data", "shapes", "--max-records", "8"], capsys)
+    assert DAMAGE[name][1] in err and "SHA-256" not in err
+
+
+def test_a_pickle_without_checksums_is_refused_by_the_safetensors_reader(trained, tmp_path):
+    run = _copy(trained, tmp_path)
+    marker = tmp_path / "UNPICKLED"
+    checkpoint = _newest(run)
+    torch = pytest.importorskip("torch")
+    torch.save({"weights": _RunsCodeOnLoad(marker)}, checkpoint / "model.safetensors")
+    state = json.loads((checkpoint / "state.json").read_text())
+    del state["checksums"]
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
+        load_checkpoint(checkpoint)
+    assert "SHA-256" not in str(err.value) and not marker.exists()
+
+
 def test_a_pickle_file_given_as_the_checkpoint_is_refused(tmp_path, capsys):
     marker = tmp_path / "UNPICKLED"
     path = tmp_path / "model.pt"

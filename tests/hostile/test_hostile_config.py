@@ -72,6 +72,10 @@ BAD_VALUES = [
     ("model.towers={}", "model.towers"),
     ("model.towers.image={type: vit9000}", "vit9000"),
     ("seed=abc", "seed"),
+    ("loss.defense={name: [cleanclip]}", "loss.defense.name"),
+    ("loss.defense={name: {a: 1}}", "loss.defense.name"),
+    ("loss.defense={name: unlearn, fraction: [0.1]}", "loss.defense.fraction"),
+    ("train.init_from=''", "train.init_from"),
 ]
 
 
@@ -110,6 +114,9 @@ KEYS = st.sampled_from(
         "loss.name",
         "loss.options",
         "loss.distributed",
+        "loss.defense",
+        "loss.defense.name",
+        "train.init_from",
         "model.embed_dim",
         "model.towers",
         "model.towers.image",

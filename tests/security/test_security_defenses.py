@@ -286,6 +286,21 @@ def test_safeclip_split_keeps_the_high_component_capped():
         safeclip_split(sims, 1.5)
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.5])  # 0: SafeCLIP's warm-up, where no GMM is fitted
+@pytest.mark.parametrize(
+    ("sims", "message"),
+    [
+        (torch.tensor([0.1, float("nan"), 0.5, 0.7]), "'similarities' contains 1 NaN/inf"),
+        (torch.ones(2, 2), "'similarities' must be a (N,) tensor"),
+        ([0.1, 0.5], "'similarities' must be a torch.Tensor"),
+    ],
+)
+def test_safeclip_split_errors_name_it_even_in_warm_up(sims, fraction, message):
+    with pytest.raises(InputError, match="^safeclip_split: ") as err:
+        safeclip_split(sims, fraction)
+    assert message in str(err.value)
+
+
 # ---------------------------------------------------------------- similarity unlearning
 
 

@@ -104,6 +104,18 @@ def test_hand_checked_dao():
     assert math.isclose(knn_outlier_scores(z, k=2, method="dao", form="power")[3], power_form, rel_tol=1e-12)
 
 
+def test_dao_with_tied_neighbours_on_both_sides_is_inf_not_nan():
+    # reference points 0 and 3 each have their 2 neighbours tied (LID = inf), with d_k 1 and 3;
+    # the query's d_k is 2, so its log-form terms are +inf and -inf: the score is +inf (power form)
+    reference = torch.tensor([[0.0, 0], [0, 1], [0, -1], [4, 0], [4, 3], [4, -3]], dtype=torch.float64)
+    query = torch.tensor([[2.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    log_form = knn_outlier_scores(query, reference, k=2, method="dao")
+    power_form = knn_outlier_scores(query, reference, k=2, method="dao", form="power")
+    assert log_form[0] == math.inf and power_form[0] == math.inf
+    # the second query sits inside point 0's tied neighbourhood (d_k 0.5 < 1): only a -inf term
+    assert log_form[1] == -math.inf and math.isfinite(power_form[1])
+
+
 def test_duplicates_are_not_neighbours():
     z = torch.tensor([[0.0], [1.0], [3.0], [3.0]], dtype=torch.float64)
     # the two 3s do not count each other (their nearest is 1, at distance 2); 0 counts both copies
@@ -201,6 +213,15 @@ def test_auroc_matches_the_pairwise_definition_with_ties():
     assert math.isclose(got, ref_auroc(scores.tolist(), poisoned.tolist()), rel_tol=1e-12)
 
 
+def test_auroc_ranks_infinite_scores():
+    # a tied LID (and DAO) is +inf: the detector's own output must be scoreable
+    scores = torch.tensor([math.inf, 0.3, math.inf, -math.inf, 0.9])
+    poisoned = torch.tensor([True, False, False, False, True])
+    want = ref_auroc(scores.tolist(), poisoned.tolist())
+    assert want == pytest.approx((1 + 0.5 + 1 + 1 + 0 + 1) / 6)  # inf vs (0.3, inf, -inf); 0.9 vs them
+    assert detection_auroc(scores, poisoned) == pytest.approx(want, rel=1e-12)
+
+
 def test_auroc_hand_checked():
     mask = torch.tensor([False, False, True, True])
     assert detection_auroc(torch.tensor([0.1, 0.2, 0.8, 0.9]), mask) == 1.0
@@ -216,7 +237,7 @@ def test_auroc_hand_checked():
         (torch.ones(4), torch.tensor([0, 1, 0, 1]), "'poisoned_mask' must be a bool tensor"),
         (torch.ones(4), torch.tensor([True, False]), "must have the shape of 'scores' (4,)"),
         (torch.ones(2, 2), torch.tensor([True, False]), "'scores' must be a non-empty 1-D tensor"),
-        (torch.tensor([1.0, float("nan")]), torch.tensor([True, False]), "NaN/inf"),
+        (torch.tensor([1.0, float("nan")]), torch.tensor([True, False]), "'scores' contains 1 NaN"),
     ],
 )
 def test_auroc_errors(scores, mask, message):

@@ -46,6 +46,8 @@ def config(defense: str, *extra: str):
         (["loss.defense={name: cleanclip}", "loss.options={label_smoothing: 0.1}"], "loss.options"),
         (["loss.defense=cleanclip"], "loss.defense: expected"),
         (["train.init_from=7"], "train.init_from: expected"),
+        (["loss.defense={name: [cleanclip]}"], "loss.defense.name: expected one of"),
+        (["train.init_from=''"], "train.init_from: expected a checkpoint folder"),
     ],
 )
 def test_bad_defense_configs_name_the_key(overrides, message):

@@ -144,7 +144,8 @@ def attack_success_rate(
 @dataclass(frozen=True)
 class PersistenceCurve:
     """``steps`` k (ascending, from 0), ``ratio`` ASR(k) / ASR(0) at each, and ``auc``: the
-    trapezoid area under ratio over k / k_max in [0, 1] (1 = the backdoor fully persists)."""
+    trapezoid area under ratio over k / k_max (1 = the backdoor fully persists; above 1 when
+    fine-tuning raises ASR)."""
 
     steps: tuple[int, ...]
     ratio: tuple[float, ...]

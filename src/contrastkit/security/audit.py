@@ -11,6 +11,9 @@ Each pair i gets three detector readings from the checkpoint's embeddings:
 (average ranks for ties), in (0, 1]: it combines detectors on different scales without tuning.
 The cosine and the GMM split are reported beside it, not folded in: whether a poisoned pair has
 a high or a low cosine depends on whether the model has learned the backdoor.
+
+The captions and paths come from untrusted data: audit.html escapes them, and audit.csv puts a '
+before a cell that a spreadsheet would run as a formula (one starting with = + - @ tab or CR).
 """
 
 from __future__ import annotations
@@ -110,6 +113,15 @@ def _pair_embeddings(embed: EmbedFn, source: Source) -> tuple[list[int], torch.T
     return records, images[image_rows], texts[text_rows]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(cell: str) -> str:
+    """A caption or path of the audited (untrusted) data as a CSV cell a spreadsheet will not run as
+    a formula: a leading = + - @ tab or CR gets a ' in front (OWASP CSV injection)."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
+
+
 def _thumbnail(item: Any) -> str:
     """An image item -> an <img> tag with an inline base64 PNG (or a note when it cannot load)."""
     try:
@@ -201,7 +213,7 @@ def run_audit(
     with (folder / "audit.csv").open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "image": _inert(row["image"]), "text": _inert(row["text"])} for row in rows)
     _write_html(folder / "audit.html", source, rows[:top], method, k)
     return rows
 

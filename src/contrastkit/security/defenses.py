@@ -24,11 +24,13 @@ from contrastkit.errors import (
     InputError,
     NoPositivePairsError,
     check_embeddings,
+    check_finite,
     check_mask,
     check_nonzero_rows,
     check_range,
     check_same_device,
     check_scale,
+    check_tensor,
 )
 from contrastkit.functional import compute_dtype
 from contrastkit.losses.clip import clip_loss
@@ -39,7 +41,7 @@ ROCLIP_BANK_SIZE = 44_032
 """RoCLIP's caption pool size."""
 
 
-def _check_pairs(
+def _check_paired_embeddings(
     fn: str, x: object, y: object, min_rows: int, names: tuple[str, str] = ("x", "y")
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = check_embeddings(fn, names[0], x)
@@ -77,7 +79,7 @@ def cleanclip_loss(
     """
     fn = "cleanclip_loss"
     check_same_device(fn, x=x, y=y, x_aug=x_aug, y_aug=y_aug, scale=scale)
-    x, y = _check_pairs(fn, x, y, 2)
+    x, y = _check_paired_embeddings(fn, x, y, 2)
     x_aug = check_embeddings(fn, "x_aug", x_aug, rows=x.shape[0], dim=x.shape[1], like="x")
     y_aug = check_embeddings(fn, "y_aug", y_aug, rows=x.shape[0], dim=x.shape[1], like="x")
     scale = check_scale(fn, "scale", scale)
@@ -149,7 +151,7 @@ def roclip_swap(
     fn = "roclip_swap"
     entries = bank.stored() if isinstance(bank, TextMemoryBank) else bank
     check_same_device(fn, image_emb=image_emb, text_emb=text_emb, bank=entries)
-    image_emb, text_emb = _check_pairs(fn, image_emb, text_emb, 1, ("image_emb", "text_emb"))
+    image_emb, text_emb = _check_paired_embeddings(fn, image_emb, text_emb, 1, ("image_emb", "text_emb"))
     if isinstance(entries, torch.Tensor) and entries.dim() == 2 and entries.shape[0] == 0:
         raise InputError(f"{fn}: argument 'bank' is empty; update it with caption embeddings first.")
     entries = check_embeddings(fn, "bank", entries, shape="(K, D)", dim=image_emb.shape[1], like="image_emb")
@@ -234,7 +236,7 @@ def safeclip_loss(
     """
     fn = "safeclip_loss"
     check_same_device(fn, x=x, y=y, safe=safe, scale=scale)
-    x, y = _check_pairs(fn, x, y, 3)
+    x, y = _check_paired_embeddings(fn, x, y, 3)
     safe = check_mask(fn, "safe", safe, (x.shape[0],))
     scale = check_scale(fn, "scale", scale)
     batch, n_safe = x.shape[0], int(safe.sum())
@@ -294,8 +296,13 @@ def safeclip_split(similarities: torch.Tensor, fraction: float) -> torch.Tensor:
     """
     fn = "safeclip_split"
     fraction = check_range(fn, "fraction", fraction, 0.0, 1.0)
-    if not isinstance(similarities, torch.Tensor) or similarities.dim() != 1:
-        raise InputError(f"{fn}: argument 'similarities' must be a (N,) tensor of matched-pair cosines.")
+    similarities = check_tensor(fn, "similarities", similarities)
+    if similarities.dim() != 1:
+        raise InputError(
+            f"{fn}: argument 'similarities' must be a (N,) tensor of matched-pair cosines; got shape "
+            f"{tuple(similarities.shape)}."
+        )
+    check_finite(fn, "similarities", similarities)  # also during warm-up (cap 0): never silent
     cap = math.floor(fraction * similarities.shape[0])
     safe = torch.zeros(similarities.shape, dtype=torch.bool, device=similarities.device)
     if cap == 0:
@@ -325,7 +332,7 @@ def flag_top_pairs(x: torch.Tensor, y: torch.Tensor, fraction: float = 0.02) -> 
     """
     fn = "flag_top_pairs"
     check_same_device(fn, x=x, y=y)
-    x, y = _check_pairs(fn, x, y, 3)
+    x, y = _check_paired_embeddings(fn, x, y, 3)
     fraction = check_range(fn, "fraction", fraction, 0.0, 1.0, high_open=True)
     if fraction == 0:
         raise InputError(f"{fn}: argument 'fraction' must be > 0 (the share of pairs flagged); got 0.")
@@ -370,7 +377,7 @@ def unlearn_penalty(
     """
     fn = "unlearn_penalty"
     check_same_device(fn, x=x, y=y, flags=flags)
-    x, y = _check_pairs(fn, x, y, 1)
+    x, y = _check_paired_embeddings(fn, x, y, 1)
     flags = check_mask(fn, "flags", flags, (x.shape[0],))
     target = check_range(fn, "target", target, -1.0, 1.0)
     weight = check_range(fn, "weight", weight, 0.0, math.inf)

@@ -7,22 +7,23 @@ arXiv 2502.01385); SafeCLIP (Yang et al., ICML 2024, arXiv 2310.05862); METHODS 
 
 from __future__ import annotations
 
-import numbers
+import math
 from dataclasses import dataclass
 
 import torch
 
-from contrastkit.errors import InputError, check_choice, check_embeddings, check_same_device, check_tensor
+from contrastkit.errors import (
+    InputError,
+    check_choice,
+    check_embeddings,
+    check_int,
+    check_same_device,
+    check_tensor,
+)
 from contrastkit.functional import compute_dtype
 
 METHODS = ("k_distance", "lid", "dao")
 FORMS = ("log", "power")
-
-
-def _check_int(fn: str, name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InputError(f"{fn}: argument '{name}' must be an int >= {minimum}; got {value!r}.")
-    return int(value)
 
 
 def knn_distances(
@@ -89,7 +90,8 @@ def knn_outlier_scores(
     never a neighbour: this excludes the point itself, and exact duplicates (same image with
     several captions, a repeated caption), which carry no density information and would make
     log(d_i / d_k) = -inf. So every d_i > 0; LID is finite unless all k distances tie (then +inf,
-    the estimator's limit, and a DAO term with d_k(x) = d_k(o) counts 0 in the log form).
+    the estimator's limit, and a DAO term with d_k(x) = d_k(o) counts 0 in the log form; a row
+    with a +inf term scores +inf in the log form, as in the power form, never NaN).
 
     Args:
         z: (N, D) embeddings (normalise them first if cosine geometry is meant).
@@ -108,10 +110,10 @@ def knn_outlier_scores(
     if reference is not None:
         check_same_device(fn, z=z, reference=reference)
         reference = check_embeddings(fn, "reference", reference, shape="(M, D)", dim=z.shape[1], like="z")
-    k = _check_int(fn, "k", k)
+    k = check_int(fn, "k", k, 1)
     method = check_choice(fn, "method", method, METHODS)
     form = check_choice(fn, "form", form, FORMS)
-    chunk_size = _check_int(fn, "chunk_size", chunk_size)
+    chunk_size = check_int(fn, "chunk_size", chunk_size, 1)
     if k < 2 and method != "k_distance":
         raise InputError(
             f"{fn}: method {method!r} needs k >= 2 (with k = 1 the LID sum is log(d_1 / d_1) = 0); "
@@ -133,7 +135,9 @@ def knn_outlier_scores(
         return ((distances[:, -1:] / ref_kdist) ** ref_lid).mean(dim=1)
     log_ratio = torch.log(distances[:, -1:] / ref_kdist)
     terms = torch.where(log_ratio == 0, torch.zeros_like(log_ratio), ref_lid * log_ratio)
-    return terms.mean(dim=1)
+    # +inf and -inf terms (tied neighbours on both sides of d_k(x), possible against a separate
+    # reference) would average to NaN: take the power form's limit, +inf
+    return torch.where((terms == math.inf).any(dim=1), math.inf, terms.mean(dim=1))
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -153,7 +157,7 @@ def detection_auroc(scores: torch.Tensor, poisoned_mask: torch.Tensor) -> float:
     score = more suspicious; 0.5 is chance.
 
     Args:
-        scores: (N,) finite float scores.
+        scores: (N,) float scores, no NaN (+-inf rank as the largest / smallest).
         poisoned_mask: (N,) bool, True for poisoned pairs (at least one of each kind).
     """
     fn = "detection_auroc"
@@ -162,7 +166,12 @@ def detection_auroc(scores: torch.Tensor, poisoned_mask: torch.Tensor) -> float:
         raise InputError(
             f"{fn}: argument 'scores' must be a non-empty 1-D tensor; got shape {tuple(scores.shape)}."
         )
-    check_embeddings(fn, "scores", scores[:, None], shape="(N,)")  # finiteness, with the same message
+    nan = torch.isnan(scores)
+    if bool(nan.any()):  # +-inf are valid scores (a tied LID is +inf) and rank like any other value
+        raise InputError(
+            f"{fn}: argument 'scores' contains {int(nan.sum())} NaN value(s) out of {scores.numel()}; "
+            f"a NaN has no rank. Check the detector's input."
+        )
     if not isinstance(poisoned_mask, torch.Tensor) or poisoned_mask.dtype != torch.bool:
         raise InputError(f"{fn}: argument 'poisoned_mask' must be a bool tensor (True = poisoned).")
     if poisoned_mask.shape != scores.shape:
@@ -220,8 +229,8 @@ def gmm_safe_split(similarities: torch.Tensor, seed: int = 0, max_iter: int = 20
         raise InputError(
             f"{fn}: argument 'similarities' holds one value only; two components cannot be fitted."
         )
-    seed = _check_int(fn, "seed", seed, minimum=0)
-    max_iter = _check_int(fn, "max_iter", max_iter)
+    seed = check_int(fn, "seed", seed, 0)
+    max_iter = check_int(fn, "max_iter", max_iter, 1)
     try:
         from sklearn.mixture import GaussianMixture
     except ImportError:

@@ -242,6 +242,11 @@ class TrainConfig:
         _at_least("train.keep_checkpoints", self.keep_checkpoints, 1)
         if not (self.device in ("cpu", "cuda", "mps", "auto") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device: expected cpu, cuda, cuda:N, mps or auto; got {self.device!r}.")
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError(
+                "train.init_from: expected a checkpoint folder or run directory; got an empty path "
+                "(drop the key to start from fresh weights)."
+            )
 
 
 @dataclass

@@ -60,10 +60,9 @@ STATE_PREFIX = "defense."
 
 def _number(low: float, high: float = math.inf, *, high_open: bool = False) -> Callable[[str, Any], float]:
     def check(key: str, value: Any) -> float:
-        above = value >= high if high_open else value > high
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ConfigError(f"{key}: expected a finite number; got {value!r}.")
-        if value < low or above:
+        if value < low or (value >= high if high_open else value > high):
             bracket = ")" if high_open else "]"
             raise ConfigError(f"{key}: must lie in [{low}, {high}{bracket}; got {value!r}.")
         return float(value)
@@ -103,7 +102,7 @@ DEFENSES: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
 
 def defense_options(spec: Any) -> tuple[str, dict[str, Any]]:
     """``loss.defense`` -> (name, every option with its default filled in); errors name the key."""
-    if not isinstance(spec, Mapping) or spec.get("name") not in DEFENSES:
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str) or spec["name"] not in DEFENSES:
         got = spec.get("name") if isinstance(spec, Mapping) else spec
         raise ConfigError(
             f"loss.defense.name: expected one of {', '.join(DEFENSES)} (e.g. loss.defense: {{name: "

@@ -56,7 +56,9 @@ def init_weights_from(model: torch.nn.Module, path: str) -> Path:
         if k in saved and saved[k].shape != v.shape
     ]
     if missing or unexpected or resized:
-        towers = checkpoint["state"].get("config", {}).get("model", {}).get("towers")
+        saved_config = checkpoint["state"].get("config")
+        model_config = saved_config.get("model") if isinstance(saved_config, dict) else None
+        towers = model_config.get("towers") if isinstance(model_config, dict) else "unknown"
         raise ConfigError(
             f"train.init_from: checkpoint {checkpoint['path']} does not fit this model (missing "
             f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {resized[:3]}); it was trained "
