@@ -98,6 +98,17 @@ TINY_RUN = [
     "eval.examples=4",
 ]
 
+# TINY_RUN as a one-step, image-only SimCLR run (a checkpoint with no text tower).
+TINY_IMAGE_ONLY_RUN = [
+    *TINY_RUN,
+    "model.towers={image: {type: cnn, width: 8, depth: 2}}",
+    "data.views=2",
+    "data.augment=true",
+    "loss.name=nt_xent",
+    "train.steps=1",
+    "data.eval=null",
+]
+
 
 @contextlib.contextmanager
 def crash_at_step(step: int) -> Iterator[None]:

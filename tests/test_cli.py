@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_RUN
+from conftest import TINY_IMAGE_ONLY_RUN, TINY_RUN
 from contrastkit.cli import main
 
 
@@ -128,16 +128,7 @@ def test_resume_without_a_config_uses_the_runs_own(tmp_path, capsys):
 
 def test_eval_refuses_a_model_it_cannot_score(tmp_path, capsys):
     out = tmp_path / "views"
-    overrides = [
-        *TINY_RUN,
-        "model.towers={image: {type: cnn, width: 8, depth: 2}}",
-        "data.views=2",
-        "data.augment=true",
-        "loss.name=nt_xent",
-        "train.steps=1",
-        "data.eval=null",
-    ]
-    assert main(["train", *_set(overrides), "--out", str(out)]) == 0
+    assert main(["train", *_set(TINY_IMAGE_ONLY_RUN), "--out", str(out)]) == 0
     manifest = _tiny_manifest(tmp_path)
     assert main(["eval", str(out), "--data", str(manifest)]) == 2
     assert "has no labels" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_RUN
+from conftest import TINY_IMAGE_ONLY_RUN, TINY_RUN
 from contrastkit.cli import _load_for_eval, main
 from contrastkit.data import get_source
 from contrastkit.data.transforms import image_to_tensor, load_image
@@ -102,16 +102,7 @@ def test_errors_are_one_line(poisoned, tmp_path, capsys):
 def test_refuses_an_image_only_checkpoint(poisoned, tmp_path, capsys):
     manifest, _ = poisoned
     run = tmp_path / "views"
-    overrides = [
-        *TINY_RUN,
-        "model.towers={image: {type: cnn, width: 8, depth: 2}}",
-        "data.views=2",
-        "data.augment=true",
-        "loss.name=nt_xent",
-        "train.steps=1",
-        "data.eval=null",
-    ]
-    assert main(["train", *_set(overrides), "--out", str(run)]) == 0
+    assert main(["train", *_set(TINY_IMAGE_ONLY_RUN), "--out", str(run)]) == 0
     assert main(["audit", str(manifest), "--checkpoint", str(run), "--out", str(tmp_path / "a")]) == 2
     assert "needs an image-text checkpoint" in capsys.readouterr().err
 
