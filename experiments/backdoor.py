@@ -14,10 +14,11 @@ Setup (everything trained through the ``Trainer`` from configs, as a user would)
   ``steps`` x ``batch`` and the training seed changed per run.
 - Arms: CLIP on the clean set (the false-trigger baseline), CLIP on the poisoned set, and each
   defense trained from scratch on the poisoned set with ``loss.defense``: CleanCLIP, RoCLIP
-  (bank 4,096, swap every 2nd step), SafeCLIP (warm-up = 1/6 of the steps), similarity unlearning
-  (defaults). Then the poisoned model is fine-tuned on a disjoint clean shapes set
-  (``train.init_from``; batch 64, lr ``FINETUNE_LR``, 50 warm-up steps) with CleanCLIP and, as
-  the baseline, plain CLIP; ASR is read from the checkpoints at the persistence grid.
+  (bank 4,096; the release's schedule: a plain first epoch, then every 2nd epoch swapped whole),
+  SafeCLIP (warm-up = 1/6 of the steps), similarity unlearning (defaults). Then the poisoned
+  model is fine-tuned on a disjoint clean shapes set (``train.init_from``; batch 64, lr
+  ``FINETUNE_LR``, 50 warm-up steps) with CleanCLIP and, as the baseline, plain CLIP; ASR is read
+  from the checkpoints at the persistence grid.
 - Metrics on the 1,000-image shapes test split: CA (zero-shot top-1, the config's two
   templates), R@1 both ways (the Trainer's evaluation), ASR (triggered non-target test images
   classified as "star"); detector AUROCs of the poisoned model on a uniform sample of the
@@ -81,7 +82,7 @@ DETECTORS = ("k_distance", "lid", "dao")
 DETECT_SEED = 10_000
 DEFENSES = {
     "cleanclip": "{name: cleanclip}",
-    "roclip": "{name: roclip, bank_size: 4096, swap_every: 2}",
+    "roclip": "{name: roclip, bank_size: 4096, swap_every: TWO_EPOCHS, swap_length: EPOCH}",
     "safeclip": "{name: safeclip, warmup_steps: WARMUP}",
     "unlearn": "{name: unlearn}",
 }
@@ -210,7 +211,13 @@ def arm_overrides(arm: str, setup: Setup, seed: int, manifest: Path) -> list[str
         f"train.batch_size={setup.batch}",
     ]
     if arm in DEFENSES:
-        spec = DEFENSES[arm].replace("WARMUP", str(max(1, setup.steps // 6)))
+        epoch = max(1, setup.n_train // setup.batch)  # steps per epoch (the sampler drops the last batch)
+        spec = (
+            DEFENSES[arm]
+            .replace("WARMUP", str(max(1, setup.steps // 6)))
+            .replace("TWO_EPOCHS", str(2 * epoch))
+            .replace("EPOCH", str(epoch))
+        )
         overrides.append(f"loss.defense={spec}")
     return overrides
 

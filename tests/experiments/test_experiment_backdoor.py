@@ -135,6 +135,10 @@ def test_every_run_config_is_valid(backdoor, tmp_path: Path) -> None:
         assert (config.loss.defense or {}).get("name") == (arm if arm in backdoor.DEFENSES else None)
     safeclip = load_config(backdoor.CONFIG, backdoor.arm_overrides("safeclip", setup, 0, manifest))
     assert safeclip.loss.defense["warmup_steps"] == setup.steps // 6
+    # RoCLIP's release schedule: a plain first epoch, then every 2nd epoch swapped whole
+    roclip = load_config(backdoor.CONFIG, backdoor.arm_overrides("roclip", setup, 0, manifest))
+    epoch = setup.n_train // setup.batch
+    assert roclip.loss.defense["swap_every"] == 2 * epoch and roclip.loss.defense["swap_length"] == epoch
     for arm in backdoor.FINETUNES:
         config = load_config(backdoor.CONFIG, backdoor.finetune_overrides(arm, setup, 0, tmp_path))
         assert config.train.init_from == str(tmp_path) and config.train.steps == setup.grid[-1]

@@ -39,6 +39,14 @@ def config(defense: str, *extra: str):
         (["loss.defense={name: roclip, bank_size: 0}"], "loss.defense.bank_size: expected an integer >= 1"),
         (["loss.defense={name: roclip, swap_every: 1.5}"], "loss.defense.swap_every: expected an integer"),
         (
+            ["loss.defense={name: roclip, swap_length: 0}"],
+            "loss.defense.swap_length: expected an integer >= 1",
+        ),
+        (
+            ["loss.defense={name: roclip, swap_every: 2, swap_length: 3}"],
+            "loss.defense.swap_length: 3 exceeds swap_every 2",
+        ),
+        (
             ["loss.defense={name: safeclip, start_fraction: 0.8, end_fraction: 0.5}"],
             "loss.defense.start_fraction: 0.8 exceeds end_fraction",
         ),
@@ -71,6 +79,27 @@ def test_each_defense_trains_a_few_steps(tmp_path, defense):
     assert int(trainer.objective.steps_done) == len(losses)
     if defense == "roclip":
         assert int(trainer.objective.bank.count) == 40  # 3 batches of 16, FIFO-capped
+
+
+@pytest.mark.parametrize(
+    "schedule, swapped",
+    [
+        ("", [False, True, False, True, False, True]),  # every 2nd step (step 0: empty bank)
+        ("swap_every: 4, swap_length: 2", [False, False, True, True, False, False]),  # RoCLIP's epochs
+    ],
+)
+def test_roclip_swaps_on_the_last_swap_length_steps_of_every_cycle(tmp_path, schedule, swapped):
+    # a swap step trains the image tower only: the text tower's gradient is zero
+    spec = "{name: roclip, bank_size: 40" + (", " + schedule if schedule else "") + "}"
+    trainer = Trainer(
+        load_config(None, [*TINY_RUN, f"loss.defense={spec}", "optim.grad_clip=null"]), tmp_path
+    )
+    text = list(trainer.model.towers["text"].parameters())
+    seen = []
+    for _ in swapped:
+        trainer.train_step()
+        seen.append(all(p.grad is None or not p.grad.any() for p in text))
+    assert seen == swapped
 
 
 def test_cleanclip_step_is_the_cleanclip_loss_of_the_views(tmp_path):

@@ -7,10 +7,12 @@
 - ``cleanclip``: ``cleanclip_loss`` on the batch and its augmented views: ``image_aug`` (the
   training image augmentation, ``ImageTransform(train=True)``) and ``text_aug`` (``caption_eda``),
   embedded by the image and text towers in the same forward.
-- ``roclip``: a caption bank (``bank_size`` entries, the state); on every ``swap_every``-th step
-  (RoCLIP: every 2nd epoch; here steps, so the same share of updates) each caption embedding is
-  replaced by the bank entry nearest its image, then CLIP; every step enqueues the batch's
-  captions after the loss. Swap steps train the image tower only (bank rows are constants).
+- ``roclip``: a caption bank (``bank_size`` entries, the state); on the last ``swap_length`` steps
+  of every ``swap_every`` steps each caption embedding is replaced by the bank entry nearest its
+  image, then CLIP; every step enqueues the batch's captions after the loss. Swap steps train the
+  image tower only (bank rows are constants). The default (every 2nd step) keeps the release's
+  share of swapped updates; its schedule, every 2nd epoch swapped whole after a plain first epoch,
+  is ``swap_every`` = 2 epochs of steps with ``swap_length`` = 1 epoch of steps.
 - ``safeclip``: ``warmup_steps`` of unimodal NN contrast, then per batch a GMM split of
   cos(x_i, y_i) capped by ``safe_fraction_schedule`` (``start_fraction`` -> ``end_fraction``
   over the rest of ``train.steps``): CLIP on safe pairs, unimodal contrast on risky ones. The
@@ -86,7 +88,11 @@ DEFENSES: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any]]]] = {
         "word_dropout": (0.1, _number(0.0, 1.0, high_open=True)),
         "word_swap": (0.1, _number(0.0, 1.0)),
     },
-    "roclip": {"bank_size": (ROCLIP_BANK_SIZE, _integer(1)), "swap_every": (2, _integer(1))},
+    "roclip": {
+        "bank_size": (ROCLIP_BANK_SIZE, _integer(1)),
+        "swap_every": (2, _integer(1)),
+        "swap_length": (1, _integer(1)),
+    },
     "safeclip": {
         "warmup_steps": (100, _integer(0)),
         "start_fraction": (0.1, _number(0.0, 1.0)),
@@ -123,6 +129,11 @@ def defense_options(spec: Any) -> tuple[str, dict[str, Any]]:
         raise ConfigError(
             f"loss.defense.start_fraction: {resolved['start_fraction']} exceeds end_fraction "
             f"{resolved['end_fraction']}; the safe share grows."
+        )
+    if name == "roclip" and resolved["swap_length"] > resolved["swap_every"]:
+        raise ConfigError(
+            f"loss.defense.swap_length: {resolved['swap_length']} exceeds swap_every "
+            f"{resolved['swap_every']}; the swapped steps are the last swap_length of every swap_every."
         )
     return name, resolved
 
@@ -207,7 +218,8 @@ class DefenseObjective(nn.Module):
         return safeclip_loss(x, y, safe, scale)
 
     def _roclip(self, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, step: int) -> torch.Tensor:
-        swap = int(self.bank.count) > 0 and (step + 1) % self.options["swap_every"] == 0
+        every, length = self.options["swap_every"], self.options["swap_length"]
+        swap = int(self.bank.count) > 0 and step % every >= every - length
         if swap:
             swapped, _ = roclip_swap(x, y, self.bank)
             # 0 * y keeps the text tower in the graph with a zero gradient (DDP and GradCache
