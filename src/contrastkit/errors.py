@@ -246,10 +246,15 @@ def check_labels(fn: str, name: str, labels: object, n: int) -> torch.Tensor:
     return labels
 
 
+def is_integer_tensor(t: torch.Tensor) -> bool:
+    """True for integer dtypes (not bool, float or complex): ids and indices."""
+    return not (t.dtype == torch.bool or t.is_floating_point() or t.is_complex())
+
+
 def check_pairs(fn: str, name: str, pairs: object) -> torch.Tensor:
     """Check a (K, 2) integer tensor of id pairs (K may be 0) with no pair (a, a)."""
     pairs = check_tensor(fn, name, pairs, floating=False)
-    if pairs.dtype == torch.bool or pairs.is_complex() or pairs.is_floating_point():
+    if not is_integer_tensor(pairs):
         raise InputError(f"{fn}: argument '{name}' must be an integer tensor of id pairs; got {pairs.dtype}.")
     if pairs.dim() != 2 or pairs.shape[1] != 2:
         raise InputError(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from contrastkit.errors import InputError, check_embeddings, check_tensor
+from contrastkit.errors import InputError, check_embeddings, check_tensor, is_integer_tensor
 
 DEGRADATIONS = ("blur", "contrast", "noise", "jpeg")
 MAX_SEVERITY = 5
@@ -124,7 +124,7 @@ _APPLY = {"blur": gaussian_blur, "contrast": reduce_contrast, "jpeg": jpeg}
 def _check_severities(fn: str, severities: object, n: int | None) -> torch.Tensor:
     severities = check_tensor(fn, "severities", severities, floating=False)
     k = len(DEGRADATIONS)
-    if severities.dtype == torch.bool or severities.is_floating_point() or severities.is_complex():
+    if not is_integer_tensor(severities):
         raise InputError(
             f"{fn}: argument 'severities' must be an integer tensor; got dtype {severities.dtype}."
         )

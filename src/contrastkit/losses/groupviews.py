@@ -33,6 +33,7 @@ from contrastkit.errors import (
     check_same_device,
     check_temperature,
     check_tensor,
+    is_integer_tensor,
 )
 from contrastkit.functional import compute_dtype, softplus
 from contrastkit.losses.selfsup import nt_xent
@@ -170,7 +171,7 @@ def mixed_recommendation_loss(
 def _check_members(fn: str, members: object) -> torch.Tensor:
     """Check a (B, M) member-id tensor padded with -1 after the members; return lengths (B,)."""
     members = check_tensor(fn, "members", members, floating=False)
-    if members.dtype == torch.bool or members.is_floating_point() or members.is_complex():
+    if not is_integer_tensor(members):
         raise InputError(
             f"{fn}: argument 'members' must be an integer (long) tensor of user ids; got {members.dtype}."
         )

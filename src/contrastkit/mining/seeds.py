@@ -38,6 +38,7 @@ from contrastkit.errors import (
     check_nonzero_rows,
     check_same_device,
     check_tensor,
+    is_integer_tensor,
 )
 from contrastkit.functional import compute_dtype
 
@@ -332,9 +333,7 @@ def neighbour_expand(
     return left[keep], right[keep]
 
 
-# --------------------------------------------------------------------------------------------
-# blockwise top entries and the greedy walk
-# --------------------------------------------------------------------------------------------
+# ---- blockwise top entries and the greedy walk ---------------------------------------------------
 
 ScoreBlocks = Callable[[int, int], torch.Tensor]  # (start, stop) -> rows start:stop of S
 
@@ -426,9 +425,7 @@ def _is_row_max(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return torch.cat(keep)
 
 
-# --------------------------------------------------------------------------------------------
-# checks and small helpers
-# --------------------------------------------------------------------------------------------
+# ---- checks and small helpers --------------------------------------------------------------------
 
 
 def _kmeans(fn: str, x: torch.Tensor, n_clusters: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -460,7 +457,7 @@ def _check_pairs(
     checked = []
     for name, idx, n in (("left_idx", left_idx, n_left), ("right_idx", right_idx, n_right)):
         idx = check_tensor(fn, name, idx, floating=False)
-        if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex() or idx.dim() != 1:
+        if not is_integer_tensor(idx) or idx.dim() != 1:
             raise InputError(
                 f"{fn}: argument '{name}' must be a 1-D integer index tensor; "
                 f"got {idx.dtype} of shape {tuple(idx.shape)}."
@@ -483,13 +480,7 @@ def _check_pairs(
 
 def _check_neighbours(fn: str, name: str, neighbours: object, n: int) -> torch.Tensor:
     neighbours = check_tensor(fn, name, neighbours, floating=False)
-    if (
-        neighbours.dtype == torch.bool
-        or neighbours.is_floating_point()
-        or neighbours.is_complex()
-        or neighbours.dim() != 2
-        or neighbours.shape[0] != n
-    ):
+    if not is_integer_tensor(neighbours) or neighbours.dim() != 2 or neighbours.shape[0] != n:
         raise InputError(
             f"{fn}: argument '{name}' must be a ({n}, K) integer tensor of neighbour rows padded with -1; "
             f"got {neighbours.dtype} {tuple(neighbours.shape)}."

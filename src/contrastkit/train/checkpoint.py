@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from contrastkit.errors import ContrastkitError
+from contrastkit.train.config import Config, ConfigError, config_from_dict
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -284,11 +285,9 @@ def _check_payload(path: Path, payload: Any, way_out: str) -> None:
         raise CheckpointError(f"checkpoint {path}/{STATE_FILE} {problem}; it is damaged. {way_out}")
 
 
-def checkpoint_config(checkpoint: dict[str, Any]) -> Any:
+def checkpoint_config(checkpoint: dict[str, Any]) -> Config:
     """The validated ``Config`` a checkpoint was trained with; a missing or no longer valid config
     raises ``CheckpointError`` naming the checkpoint."""
-    from contrastkit.train.config import ConfigError, config_from_dict
-
     path, saved = checkpoint["path"], checkpoint["state"].get("config")
     if not isinstance(saved, dict):
         raise CheckpointError(
@@ -301,6 +300,48 @@ def checkpoint_config(checkpoint: dict[str, Any]) -> Any:
         raise CheckpointError(
             f"checkpoint {path}/{STATE_FILE} holds a config that does not validate: {err}"
         ) from None
+
+
+# Keys a resumed run may change: they do not alter what the finished steps computed.
+RESUMABLE_CHANGES = (
+    "loss.distributed",
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.progress",
+    "train.tensorboard",
+    "data.num_workers",
+    "data.eval",
+    "data.eval_max_records",
+    "eval.",
+)
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key != "model":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(checkpoint: dict[str, Any], given: Config) -> None:
+    """Raise if the ``given`` config changes a key of the checkpoint's config outside
+    ``RESUMABLE_CHANGES`` (both compared in their validated, current form)."""
+    path = checkpoint["path"]
+    old, new = _flatten(checkpoint_config(checkpoint).to_dict()), _flatten(given.to_dict())
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    fixed = [k for k in changed if not k.startswith(RESUMABLE_CHANGES)]
+    if fixed:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fixed[:4])
+        raise ConfigError(
+            f"--resume: the config differs from the one {path} was trained with ({details}). Resume with "
+            f"the run's own config (omit CONFIG to use its config.yaml) and change only "
+            f"{', '.join(RESUMABLE_CHANGES)}."
+        )
 
 
 def restore(
@@ -321,3 +362,10 @@ def restore(
         optimizer.load_state_dict(checkpoint["optimizer"])
     if restore_rng:
         set_rng_state(checkpoint["rng"], checkpoint["state"]["rng"])
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)

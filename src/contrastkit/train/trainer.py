@@ -13,9 +13,7 @@ Run directory:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -36,15 +34,16 @@ from contrastkit.distributed import (
 from contrastkit.errors import ContrastkitError
 from contrastkit.train.auxiliary import AuxiliaryLosses, AuxLoss
 from contrastkit.train.checkpoint import (
-    checkpoint_config,
+    check_resumable,
     checkpoint_dir,
     list_checkpoints,
     load_checkpoint,
     remove_incomplete,
     restore,
     save_checkpoint,
+    write_json_atomic,
 )
-from contrastkit.train.config import Config, ConfigError, check_resumable
+from contrastkit.train.config import Config, ConfigError
 from contrastkit.train.defense import AUGMENTED_VIEWS, defense_state_tensors, restore_defense_state
 from contrastkit.train.evaluate import Embedder, evaluate_paired, evaluate_probe, to_device, write_artifacts
 from contrastkit.train.gradcache import gradcache_step
@@ -341,7 +340,7 @@ class Trainer:
         restore(checkpoint, self.model, self.optimizer)
         self.aux.load_state_tensors(checkpoint["tensors"], checkpoint["path"])
         restore_rank_rng(checkpoint["rng"], self.config.seed, int(state["step"]))
-        check_resumable(checkpoint_config(checkpoint).to_dict(), self.config.to_dict(), checkpoint["path"])
+        check_resumable(checkpoint, self.config)
         restore_defense_state(self.objective, checkpoint["tensors"], checkpoint["path"])
         self.step = int(state["step"])
         self.stream.seek(self._own_position(state))
@@ -474,19 +473,13 @@ class Trainer:
         """Evaluate and write metrics.json, data_issues.txt and report.html (rank 0, no
         collectives: under torchrun the others may have left the process group)."""
         metrics = self.evaluate()
-        _write_json_atomic(self.run_dir / "metrics.json", metrics)
+        write_json_atomic(self.run_dir / "metrics.json", metrics)
         if self.bad_records.bad:
             (self.run_dir / "data_issues.txt").write_text(self.bad_records.summary() + "\n")
         from contrastkit.report import write_report
 
         write_report(self.run_dir)
         return metrics
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _version() -> str:
