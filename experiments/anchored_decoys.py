@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.losses.decoys import anchor_hinge, clip_loss_extra_negatives
-from contrastkit.report.blocks import clear_gain, mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, print_progress, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "anchored-decoys.md"
@@ -307,12 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             towers = train_towers(arm, steps=steps, batch=batch, seed=seed)
             metrics = evaluate(*towers, test)
             results[arm].append(metrics)
-            print(
-                f"[{time.time() - start:6.1f}s] {arm} seed {seed}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                + f" ({time.time() - t0:.0f}s)",
-                flush=True,
-            )
+            print_progress(start, f"{arm} seed {seed}", metrics, t0)
 
     table = format_table(results)
     summary = verdict(results)

@@ -47,7 +47,7 @@ from torch import nn
 
 from contrastkit.data.segments import find_segments
 from contrastkit.losses.anomaly import anomaly_window_info_nce
-from contrastkit.report.blocks import clear_gain, mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, print_progress, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CONTRASTKIT_SHARED_DATA", ROOT.parent / "shared" / "data")) / "timeseries"
@@ -337,12 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = train(arm, series[:cut], steps=steps, batch=batch, seed=seed)
                 metrics = evaluate(model, x_test, truth)
                 results[name][arm].append(metrics)
-                print(
-                    f"[{time.time() - start:6.1f}s] {name} {arm} seed {seed}: "
-                    + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                    + f" ({time.time() - t0:.0f}s)",
-                    flush=True,
-                )
+                print_progress(start, f"{name} {arm} seed {seed}", metrics, t0)
 
     table = format_table(results)
     summary = verdict(results)

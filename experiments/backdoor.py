@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from contrastkit.data import ManifestSource, ShapesSource, TextTransform
 from contrastkit.data.transforms import image_to_tensor
-from contrastkit.report.blocks import clear_gain, mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, format_metrics, mean_std, publish_result
 from contrastkit.security import (
     attack_success_rate,
     badnet_patch,
@@ -447,10 +447,6 @@ def verdict(
 # --------------------------------------------------------------------------------------------
 
 
-def describe(values: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in values.items())
-
-
 def log(start: float, text: str) -> None:
     print(f"[{time.time() - start:7.1f}s] {text}", flush=True)
 
@@ -494,11 +490,11 @@ def run(setup: Setup, cache: Path, start: float) -> tuple[dict, list, dict, int]
             found = cached(run_dir, overrides, scratch)
             reused += found.get("reused", False)
             results[arm].append(found["result"])
-            log(start, f"{arm} seed {seed}: " + describe(found["result"]))
+            log(start, f"{arm} seed {seed}: " + format_metrics(found["result"]))
             if arm != "poisoned":
                 continue
             detectors.append(found["detectors"])
-            log(start, "  detectors: " + describe(detectors[-1]))
+            log(start, "  detectors: " + format_metrics(detectors[-1]))
             for ft in FINETUNES if seed < setup.finetune_seeds else ():
                 ft_dir, ft_overrides = cache / f"{ft}-s{seed}", finetune_overrides(ft, setup, seed, run_dir)
 
@@ -512,7 +508,7 @@ def run(setup: Setup, cache: Path, start: float) -> tuple[dict, list, dict, int]
                 curves[ft].append({int(k): v for k, v in tuned["curve"].items()})
                 log(
                     start,
-                    f"  {ft} seed {seed}: " + describe(tuned["result"]),
+                    f"  {ft} seed {seed}: " + format_metrics(tuned["result"]),
                 )
     return results, detectors, curves, reused
 

@@ -50,7 +50,7 @@ from contrastkit.functional import multi_positive_cross_entropy, reduce_anchor_l
 from contrastkit.geometry.poincare import PoincareBall
 from contrastkit.losses.hyperbolic import decoupled_hyperbolic_supcon
 from contrastkit.losses.supervised import supcon
-from contrastkit.report.blocks import clear_gain, mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, print_progress, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "hyperbolic.md"
@@ -288,12 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             encoder = train(arm, world, steps=steps, batch=batch, seed=seed)
             metrics = evaluate(arm, encoder, world, n_test, n_reference)
             results[arm].append(metrics)
-            print(
-                f"[{time.time() - start:6.1f}s] {arm} seed {seed}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                + f" ({time.time() - t0:.0f}s)",
-                flush=True,
-            )
+            print_progress(start, f"{arm} seed {seed}", metrics, t0)
 
     table = format_table(results)
     summary = verdict(results)

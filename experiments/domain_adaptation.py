@@ -61,7 +61,7 @@ from torch import nn
 
 from contrastkit.errors import NoPositivePairsError
 from contrastkit.losses.pixel import pixel_supcon, prototype_info_nce
-from contrastkit.report.blocks import mean_std, publish_result
+from contrastkit.report.blocks import mean_std, print_progress, publish_result
 from contrastkit.train.mean_teacher import MeanTeacher, pseudo_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -451,12 +451,12 @@ def main(argv: list[str] | None = None) -> int:
             metrics["source_lesion_iou"] = on_source["lesion_iou"]
             metrics["lesion_pseudo"] = 100 * used["lesion_pseudo"] if TERMS[arm] else math.nan
             results[arm].append(metrics)
-            print(
-                f"[{time.time() - start:6.1f}s] {arm} seed {seed}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                + f"; pixel term in {used['pix']:.0%}, prototype term in {used['proto']:.0%} of steps"
-                + f" ({time.time() - t0:.0f}s)",
-                flush=True,
+            print_progress(
+                start,
+                f"{arm} seed {seed}",
+                metrics,
+                t0,
+                note=f"; pixel term in {used['pix']:.0%}, prototype term in {used['proto']:.0%} of steps",
             )
 
     table = format_table(results)

@@ -52,7 +52,7 @@ from torch import nn
 
 from contrastkit.losses.crossmodal import cross_modal_supcon
 from contrastkit.losses.ranking import group_rank_n_contrast, sample_per_group
-from contrastkit.report.blocks import clear_gain, mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, print_progress, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "ranking.md"
@@ -344,12 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             model = train(arm, shapes, inputs, steps=steps, per_group=per_group, seed=seed)
             metrics = evaluate(arm, model, pairs)
             results[arm].append(metrics)
-            print(
-                f"[{time.time() - start:6.1f}s] {arm} seed {seed}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                + f" ({time.time() - t0:.0f}s)",
-                flush=True,
-            )
+            print_progress(start, f"{arm} seed {seed}", metrics, t0)
 
     table = format_table(results)
     summary = verdict(results)

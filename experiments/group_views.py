@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contrastkit.losses.groupviews import PAD, group_view_nt_xent, mixed_recommendation_loss
-from contrastkit.report.blocks import clear_gain, mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, print_progress, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "pseudo-labels.md"
@@ -367,12 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             model = train(world, beta, epochs, seed)
             metrics = evaluate(model, world, n_negatives, seed)
             results[beta].append(metrics)
-            print(
-                f"[{time.time() - start:6.1f}s] beta {beta:g} seed {seed}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                + f" ({time.time() - t0:.0f}s)",
-                flush=True,
-            )
+            print_progress(start, f"beta {beta:g} seed {seed}", metrics, t0)
 
     table = format_table(results)
     summary = verdict(results)

@@ -45,7 +45,7 @@ from torch import nn
 
 from contrastkit.geometry import Euclidean, Lorentz, Manifold, PoincareBall
 from contrastkit.losses.hyperbolic import hyperbolic_info_nce
-from contrastkit.report.blocks import clear_gain, mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, print_progress, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "hyperbolic.md"
@@ -346,11 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in range(seeds if data == "tree" else 1):
                     metrics = evaluate(train(arm, nodes, draw, dim, steps, seed), nodes, test)
                     runs.append(metrics)
-                    print(
-                        f"[{time.time() - start:6.1f}s] {data} d={dim} {arm} seed {seed}: "
-                        + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
-                        flush=True,
-                    )
+                    print_progress(start, f"{data} d={dim} {arm} seed {seed}", metrics)
 
     table = format_table(results)
     summary = verdict(results)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from contrastkit.losses.grad_split import info_nce_grad_split
 from contrastkit.losses.icl import icl_loss
 from contrastkit.mining.seeds import cluster_resample_seeds, global_top_seeds
-from contrastkit.report.blocks import clear_gain, mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, print_progress, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "pseudo-labels.md"
@@ -352,11 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             left, right = select_seeds(views, method, wrong, budget, g)
             metrics = evaluate(views, train_maps(views, left, right, steps, seed), left, right)
             results[arm].append(metrics)
-            print(
-                f"[{time.time() - start:6.1f}s] {arm_label(*arm)} seed {seed}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
-                flush=True,
-            )
+            print_progress(start, f"{arm_label(*arm)} seed {seed}", metrics)
 
     table = format_table(results)
     summary = verdict(results)

@@ -44,7 +44,7 @@ from contrastkit.eval.probe import knn_accuracy
 from contrastkit.losses.tracklets import tracklet_supcon
 from contrastkit.mining.clustering import cooccurring_pairs, merge_tracklets
 from contrastkit.models.image import ImageCNN
-from contrastkit.report.blocks import clear_gain, mean_std, publish_result
+from contrastkit.report.blocks import clear_gain, mean_std, print_progress, publish_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods" / "pseudo-labels.md"
@@ -288,12 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                 "clusters": float(merged.unique().numel()),
             }
             results[(arm, crop)].append(metrics)
-            print(
-                f"[{time.time() - start:6.1f}s] seed {seed} {arm}/{crop}: "
-                + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                + f" ({time.time() - t0:.0f}s)",
-                flush=True,
-            )
+            print_progress(start, f"seed {seed} {arm}/{crop}", metrics, t0)
 
     table = format_table(results)
     summary = verdict(results)

@@ -4,6 +4,8 @@ file, exit code 2, before anything is written."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hostile_cli import one_line_error
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +19,7 @@ BAD_FILES = {
     "a_list": ("- train\n- steps\n", "expected a mapping"),
     "a_scalar": ("42\n", "expected a mapping"),
     "python_object": ("train: !!python/object/apply:os.system ['touch PWNED']\n", "is not valid YAML"),
-    "duplicate_section_value": ("train: 3\n", "train"),
+    "section_not_a_mapping": ("train: 3\n", "train"),
     "unknown_section": ("trian: {steps: 3}\n", "trian"),
 }
 
@@ -142,8 +144,6 @@ VALUES = st.recursive(
 
 
 def _yaml_value(value) -> str:
-    import json
-
     return json.dumps(value)  # JSON is YAML 1.2; NaN/Infinity come out as plain strings for YAML
 
 

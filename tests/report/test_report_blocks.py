@@ -3,9 +3,11 @@ and gain test the experiments share."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from contrastkit.report.blocks import clear_gain, mean_std, write_block
+from contrastkit.report.blocks import clear_gain, format_metrics, mean_std, print_progress, write_block
 
 BEGIN, END = "<!-- t:begin -->", "<!-- t:end -->"
 
@@ -41,3 +43,13 @@ def test_clear_gain_needs_two_standard_errors_and_the_floor():
     noisy = [0.0, 2.0, 4.0]  # gain 1.0 over [0, 1, 2], but 2 SE = 2 * sqrt(4/3 + 1/3) = 2.58
     assert clear_gain(noisy, [0.0, 1.0, 2.0], 0.0) == (pytest.approx(1.0), False)
     assert clear_gain([0.3], [0.1], 0.1) == (pytest.approx(0.2), True)  # one seed: the floor alone
+
+
+def test_progress_lines_show_elapsed_time_metrics_note_and_run_time(capsys):
+    assert format_metrics({"acc": 0.5, "auroc": 0.12345}) == "acc 0.500, auroc 0.123"
+    now = time.time()
+    print_progress(now - 12.0, "arm seed 0", {"acc": 0.5}, since=now - 3.0, note="; extra")
+    print_progress(now, "arm seed 1", {})
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith("[  12.") and first.endswith("s] arm seed 0: acc 0.500; extra (3s)")
+    assert second.startswith("[   0.") and second.endswith("s] arm seed 1: ")

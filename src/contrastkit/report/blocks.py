@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -60,3 +62,17 @@ def clear_gain(a: list[float], b: list[float], floor: float) -> tuple[float, boo
         return gain, gain > floor
     se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
     return gain, gain > max(2 * se, floor)
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """``"name 0.123, other 4.560"``: an experiment's metrics of one run, three decimals."""
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+
+
+def print_progress(
+    start: float, label: str, metrics: Mapping[str, float], since: float | None = None, note: str = ""
+) -> None:
+    """One progress line of an experiment: ``[elapsed] label: metrics note (run time)``, with the
+    elapsed time from ``start`` and, given ``since``, the time this run took."""
+    took = "" if since is None else f" ({time.time() - since:.0f}s)"
+    print(f"[{time.time() - start:6.1f}s] {label}: {format_metrics(metrics)}{note}{took}", flush=True)
